@@ -1,0 +1,37 @@
+# srnode: two commands set up a fresh machine.
+#   make demo   create .venv, install, run the end-to-end demo
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+# Exact pins: pip takes these builds from the machine's disk; an unpinned torch downloads GBs.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test system-deps venv clean bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.cfg
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the integration tests talk to (real DCMTK, Orthanc, dicom3tools' dciodvfy).
+system-deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		dcmtk orthanc dicom3tools redis-server chromium chromium-driver
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+demo: $(STAMP)
+	$(VENV)/bin/srnode demo
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,105 @@
+"""Load the YAML file, apply `SRNODE_...` environment overrides, validate.
+
+Override syntax: `SRNODE_<SECTION>__<KEY>[__<KEY>...]=value`, e.g. `SRNODE_NODE__PORT=11113` or
+`SRNODE_BROKER_URL=redis://127.0.0.1:6379/0`. Values are parsed as YAML scalars, so `true`, `42`
+and `null` have their usual types.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from config.schema import SRNodeConfig
+
+ENV_PREFIX = "SRNODE_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key path(s) a user must fix."""
+
+    def __init__(self, message: str, keys: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.keys = keys or []
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in ("SRNODE_CONFIG",):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not path:
+            continue
+        target = data
+        for part in path[:-1]:
+            child = target.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                target[part] = child
+            target = child
+        target[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return data
+
+
+def _resolve_relative_paths(cfg: SRNodeConfig, base_dir: Path) -> SRNodeConfig:
+    # Relative paths in a config file mean "next to this file", wherever srnode is started from.
+    def fix(p: Path | None) -> Path | None:
+        if p is None or p.is_absolute():
+            return p
+        return (base_dir / p).resolve()
+
+    cfg.node.storage_dir = fix(cfg.node.storage_dir)  # type: ignore[assignment]
+    url = cfg.node.database_url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        cfg.node.database_url = "sqlite:///" + str(fix(Path(url[len("sqlite:///"):])))
+    if cfg.node.tls:
+        cfg.node.tls.cert = fix(cfg.node.tls.cert)  # type: ignore[assignment]
+        cfg.node.tls.key = fix(cfg.node.tls.key)  # type: ignore[assignment]
+        cfg.node.tls.ca = fix(cfg.node.tls.ca)
+    for entry in cfg.models.values():
+        entry.weights = fix(entry.weights)
+    return cfg
+
+
+def _format_errors(exc: ValidationError) -> ConfigError:
+    keys: list[str] = []
+    lines: list[str] = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        keys.append(key)
+        lines.append(f"{key}: {err['msg']}")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), keys)
+
+
+def parse_config(
+    data: Mapping[str, Any] | None,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SRNodeConfig:
+    """Validate an already-parsed mapping (environment overrides applied on top)."""
+    merged = _apply_env_overrides(dict(data or {}), os.environ if environ is None else environ)
+    try:
+        cfg = SRNodeConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _format_errors(exc) from None
+    return _resolve_relative_paths(cfg, (base_dir or Path.cwd()).resolve())
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> SRNodeConfig:
+    """Read, override and validate a YAML configuration file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    return parse_config(data, base_dir=file.parent, environ=environ)

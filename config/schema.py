@@ -1,0 +1,198 @@
+"""Pydantic model of srnode's YAML configuration.
+
+Every section validates on creation, so a bad file fails at load time with the key's path,
+never later inside a DICOM handler.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5: AE titles are at most 16 characters of the default repertoire, no backslash or
+    # control characters, and not all spaces.
+    if not value.strip():
+        raise ValueError("AE title must not be empty")
+    if len(value) > 16:
+        raise ValueError(f"AE title {value!r} is longer than 16 characters")
+    if any(ord(c) < 32 or ord(c) > 126 or c == "\\" for c in value):
+        raise ValueError(f"AE title {value!r} has characters outside the DICOM default repertoire")
+    return value.strip()
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
+class _Strict(BaseModel):
+    # A typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSConfig(_Strict):
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+
+class NodeConfig(_Strict):
+    ae_title: AETitle = "SRNODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    storage_dir: Path = Path("var/storage")
+    database_url: str = "sqlite:///var/srnode.db"
+    require_known_callers: bool = True
+    min_free_disk_mb: int = Field(1024, ge=0)
+    max_associations: int = Field(16, ge=1)
+    # Seconds to wait for in-flight associations on SIGTERM before closing them.
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    tls: TLSConfig | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class PeerConfig(_Strict):
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+
+class SeriesConfig(_Strict):
+    stable_after_s: float = Field(15.0, ge=0)
+    # How often the assembler looks for series that have gone quiet.
+    check_interval_s: float = Field(1.0, gt=0)
+
+
+class IntensityConfig(_Strict):
+    """How modality values map to the model's [0, 1] input.
+
+    mode "fixed": [low, high] in modality units (CT default: HU [-1024, 3071]).
+    mode "percentile": robust per-series range (MR/CR/DX default).
+    """
+
+    mode: Literal["fixed", "percentile"] = "fixed"
+    low: float = -1024.0
+    high: float = 3071.0
+    percentile_low: float = Field(0.5, ge=0, le=100)
+    percentile_high: float = Field(99.5, ge=0, le=100)
+
+
+class ModelEntry(_Strict):
+    arch: str
+    weights: Path | None = None
+    sha256: str | None = None
+    scale: int = Field(4, ge=1, le=8)
+    intensity: IntensityConfig | None = None
+    description: str = ""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("sha256 must be 64 hexadecimal characters")
+        return value.lower() if value else value
+
+
+class RoutingMatch(_Strict):
+    """All given fields must match (AND). Strings compare case-insensitively."""
+
+    modality: str | list[str] | None = None
+    calling_ae: str | list[str] | None = None
+    body_part: str | list[str] | None = None
+    series_description: str | None = None  # regular expression, re.search
+    rows: int | None = None
+    columns: int | None = None
+    min_rows: int | None = None
+    max_rows: int | None = None
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class RoutingRule(_Strict):
+    name: str | None = None
+    match: RoutingMatch = Field(default_factory=RoutingMatch)
+    model: str | None = None
+    scale: int | None = Field(None, ge=1, le=8)
+    destinations: list[str] = Field(default_factory=list)
+    priority: Literal["stat", "routine"] = "routine"
+    skip: bool = False
+    passthrough: bool = False
+    on_demand: bool = False
+
+    @model_validator(mode="after")
+    def _model_unless_skip(self) -> "RoutingRule":
+        if not self.skip and not self.model:
+            raise ValueError("a rule needs a model unless skip: true")
+        return self
+
+
+class OutputConfig(_Strict):
+    series_description_prefix: str = "SRx{scale} {model}: "
+    encoding: Literal["classic", "enhanced"] = "classic"
+    transfer_syntax: Literal["explicit_le", "jpeg2000_lossless", "rle"] = "explicit_le"
+    series_number_offset: int = 1000
+
+
+class WorkerConfig(_Strict):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    concurrency: int = Field(1, ge=1)
+    tile_size: int = Field(256, ge=16)
+    tile_overlap: int = Field(16, ge=0)
+    batch_size: int = Field(4, ge=1)
+    max_retries: int = Field(5, ge=0)
+    # The embedded worker inside `srnode serve` (no broker server needed).
+    embedded: bool = True
+
+
+class SendConfig(_Strict):
+    max_attempts: int = Field(0, ge=0)  # 0 = retry until delivered
+    backoff_initial_s: float = Field(2.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+
+
+class AdminConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    # token -> role; roles: "admin", "read", "reader"
+    tokens: dict[str, Literal["admin", "read", "reader"]] = Field(default_factory=dict)
+
+
+class SRNodeConfig(_Strict):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    peers: dict[str, PeerConfig] = Field(default_factory=dict)
+    series: SeriesConfig = Field(default_factory=SeriesConfig)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    routing: list[RoutingRule] = Field(default_factory=list)
+    broker_url: str | None = None
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    send: SendConfig = Field(default_factory=SendConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "SRNodeConfig":
+        for i, rule in enumerate(self.routing):
+            for dest in rule.destinations:
+                if dest not in self.peers:
+                    raise ValueError(f"routing.{i}.destinations: {dest!r} is not a key of peers")
+        return self
+
+    def peer_by_ae(self, ae_title: str) -> PeerConfig | None:
+        """The peer whose AE title is `ae_title` (AE titles are what arrives on the wire)."""
+        for peer in self.peers.values():
+            if peer.ae_title == ae_title.strip():
+                return peer
+        return None

@@ -1,0 +1,196 @@
+"""Index tables: Patient → Study → Series → Instance, plus Job, Outbox and Audit.
+
+Every hand-off between pipeline stages is a committed row with a state column (see
+docs/architecture.md), so a crash between two stages loses nothing.
+"""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+UID = String(64)
+
+
+class SeriesState(str, enum.Enum):
+    receiving = "receiving"  # instances still arriving
+    stable = "stable"  # quiet for stable_after_s; handed to routing
+    routed = "routed"  # routing rules evaluated, jobs created
+
+
+class JobState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class OutboxState(str, enum.Enum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"  # gave up after send.max_attempts
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # PatientID is not unique across issuers; (patient_id, issuer) is our identity key.
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+    studies: Mapped[list["Study"]] = relationship(back_populates="patient")
+    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_identity"),)
+
+
+class Study(Base):
+    __tablename__ = "study"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    referring_physician: Mapped[str] = mapped_column(String(324), default="")
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list["Series"]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str] = mapped_column(String(16), default="", index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    state: Mapped[SeriesState] = mapped_column(
+        Enum(SeriesState, native_enum=False, length=16), default=SeriesState.receiving, index=True
+    )
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Completeness heuristics (series assembly); a flagged series is still processed.
+    likely_incomplete: Mapped[bool] = mapped_column(Boolean, default=False)
+    incomplete_reason: Mapped[str] = mapped_column(Text, default="")
+    # Set on series srnode produced itself: the job that made it (never routed again).
+    derived_from_job: Mapped[int | None] = mapped_column(ForeignKey("job.id"), nullable=True, index=True)
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list["Instance"]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID, default="")
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID, default="")
+    # Relative to node.storage_dir, built from validated UIDs only.
+    file_path: Mapped[str] = mapped_column(Text)
+    file_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Position along the slice normal (mm), for ordering and gap detection.
+    slice_location: Mapped[float | None] = mapped_column(Float, nullable=True)
+    image_position: Mapped[str] = mapped_column(String(128), default="")
+    image_orientation: Mapped[str] = mapped_column(String(256), default="")
+    pixel_spacing: Mapped[str] = mapped_column(String(64), default="")
+    is_image: Mapped[bool] = mapped_column(Boolean, default=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sender_ae: Mapped[str] = mapped_column(String(16), default="")
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One (series, routing rule) unit of SR work; idempotent by (series, rule, model, sha, scale)."""
+
+    __tablename__ = "job"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", use_alter=True, name="fk_job_series"), index=True)
+    rule_name: Mapped[str] = mapped_column(String(128), default="")
+    model: Mapped[str] = mapped_column(String(128))
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), default="")
+    scale: Mapped[int] = mapped_column(Integer, default=4)
+    priority: Mapped[str] = mapped_column(String(16), default="routine")
+    destinations: Mapped[str] = mapped_column(Text, default="")  # comma-separated peer keys
+    state: Mapped[JobState] = mapped_column(
+        Enum(JobState, native_enum=False, length=16), default=JobState.queued, index=True
+    )
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    task_id: Mapped[str] = mapped_column(String(64), default="")
+    derived_series_uid: Mapped[str] = mapped_column(UID, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Per-stage seconds as JSON text, e.g. {"load": .., "infer": .., "write": ..}.
+    timings: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (
+        UniqueConstraint("series_pk", "rule_name", "model", "checkpoint_sha256", "scale", name="uq_job_identity"),
+    )
+
+
+class Outbox(Base):
+    """One instance to deliver to one destination; survives restarts until delivered."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_pk: Mapped[int] = mapped_column(ForeignKey("instance.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64), index=True)  # peer key
+    job_pk: Mapped[int | None] = mapped_column(ForeignKey("job.id"), nullable=True, index=True)
+    state: Mapped[OutboxState] = mapped_column(
+        Enum(OutboxState, native_enum=False, length=16), default=OutboxState.pending, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    __table_args__ = (UniqueConstraint("instance_pk", "destination", name="uq_outbox_item"),)
+
+
+class Audit(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    action: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+Index("ix_series_state_last", Series.state, Series.last_received_at)
+Index("ix_outbox_due", Outbox.state, Outbox.next_attempt_at)

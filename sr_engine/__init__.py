@@ -1,0 +1,1 @@
+"""srnode: sr_engine."""
