@@ -102,8 +102,9 @@ class Series(Base):
     # Completeness heuristics (series assembly); a flagged series is still processed.
     likely_incomplete: Mapped[bool] = mapped_column(Boolean, default=False)
     incomplete_reason: Mapped[str] = mapped_column(Text, default="")
-    # Set on series srnode produced itself: the job that made it (never routed again).
-    derived_from_job: Mapped[int | None] = mapped_column(ForeignKey("job.id"), nullable=True, index=True)
+    # Set on series srnode produced itself: the job id that made it (never routed again).
+    # A plain integer, not a foreign key, to keep the series/job tables free of a cycle.
+    derived_from_job: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list["Instance"]] = relationship(back_populates="series")
 
@@ -138,7 +139,7 @@ class Job(Base):
 
     __tablename__ = "job"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", use_alter=True, name="fk_job_series"), index=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     rule_name: Mapped[str] = mapped_column(String(128), default="")
     model: Mapped[str] = mapped_column(String(128))
     checkpoint_sha256: Mapped[str] = mapped_column(String(64), default="")
