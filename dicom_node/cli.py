@@ -1,11 +1,43 @@
-"""`srnode` command line (subcommands are registered by the modules that own them)."""
+"""`srnode` command line.
+
+Each owning module contributes its subcommands through a `register(subparsers)` function that
+sets `func` on its parser; this file only assembles them (one registry, no if/elif).
+"""
 from __future__ import annotations
 
+import argparse
+import importlib
+import logging
 import sys
+
+# Modules that contribute subcommands, in help order. Each defines
+#   register(subparsers: argparse._SubParsersAction) -> None
+COMMAND_MODULES: list[str] = [
+    "dicom_node.commands",  # serve, config check
+    "sr_engine.cli",  # models list/add, sr, evaluate
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srnode", description="DICOM super-resolution node")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise SystemExit("srnode: not yet wired")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
