@@ -193,5 +193,19 @@ class Audit(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class ConfigOverride(Base):
+    """An admin's change to one config section (peers, models, routing...), applied over the YAML.
+
+    The newest row per section wins; older rows stay as history. See config/live.py.
+    """
+
+    __tablename__ = "config_override"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    section: Mapped[str] = mapped_column(String(64), index=True)
+    value_json: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 Index("ix_series_state_last", Series.state, Series.last_received_at)
 Index("ix_outbox_due", Outbox.state, Outbox.next_attempt_at)
