@@ -1,0 +1,1 @@
+"""Derived-series writer: upscaled float arrays + source headers → highdicom objects."""
