@@ -1,0 +1,376 @@
+"""Put an instance on disk and in the index: the one path every producer uses.
+
+The C-STORE handler, the derived-series writer, Q/R tests and fixtures all call
+`store_encoded` (bytes as received) or `store_dataset` (a pydicom Dataset), which validate,
+write the file atomically and upsert Patient/Study/Series/Instance through `index_instance`.
+
+Policies (see docs/storage.md):
+- Duplicate SOP Instance UID in the same series: the new file replaces the old one (last write
+  wins; a PACS re-sends to correct) and the row is updated. The same SOP Instance UID arriving
+  under a different study/series is refused (`DuplicateConflict`).
+- Any arrival (new or duplicate) sets the series back to `receiving` and restarts its
+  stability timer, whatever its state: the stable hook then fires again and routing (which is
+  idempotent) decides whether there is anything new to do.
+- Objects without pixel data (SR, RTSTRUCT, presentation states, ...) are stored and indexed with
+  is_image=False; assembly never hands a series without images to the next stage.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.index.models import Instance, Patient, Series, SeriesState, Study
+from dicom_node.storage import (
+    InvalidUID,
+    StorageError,
+    instance_rel_path,
+    resolve_in,
+    validate_uid,
+    write_instance,
+)
+
+log = logging.getLogger(__name__)
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+_DEFER_BYTES = 4096  # header values larger than this are skipped, not read, while indexing
+
+
+class RejectedInstance(ValueError):
+    """An instance the node refuses; `status` is the DIMSE failure status to answer with."""
+
+    status = 0xC000  # Failure: cannot understand
+
+
+class DuplicateConflict(RejectedInstance):
+    """The SOP Instance UID is already indexed under a different study or series."""
+
+    status = 0xC001
+
+
+class MalformedDataset(RejectedInstance):
+    """Truncated, undecodable, or with missing/short pixel data."""
+
+    status = 0xC002
+
+
+class BadUID(RejectedInstance):
+    """A UID that cannot be used (invalid per PS3.5; could otherwise name a path)."""
+
+    status = 0xC003
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What `store_encoded`/`store_dataset` did, for the caller's status and log line."""
+
+    instance_pk: int
+    series_pk: int
+    rel_path: str
+    file_size: int
+    duplicate: bool
+    is_image: bool
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") and not hasattr(value, "family_name"):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    # PostgreSQL refuses NUL in text; columns have fixed widths.
+    return text.replace("\x00", "").strip()[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> list[float] | None:
+    try:
+        value = ds.get(keyword)
+        if value is None:
+            return None
+        out = [float(v) for v in value]
+        return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def slice_position(ds: Dataset) -> float | None:
+    """Position (mm) along the slice normal, from IPP and IOP; SliceLocation as fallback."""
+    ipp = _floats(ds, "ImagePositionPatient", 3)
+    iop = _floats(ds, "ImageOrientationPatient", 6)
+    if ipp and iop:
+        r, c = iop[:3], iop[3:]
+        n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+        return float(sum(a * b for a, b in zip(ipp, n)))
+    try:
+        loc = ds.get("SliceLocation")
+        return float(loc) if loc not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def has_pixel_data(ds: Dataset) -> bool:
+    """True if the dataset carries any kind of pixel data element."""
+    return any(tag in ds for tag in PIXEL_TAGS)
+
+
+def index_instance(
+    session: Session,
+    ds_header: Dataset,
+    rel_path: str | PurePosixPath,
+    file_size: int,
+    transfer_syntax: str,
+    sender_ae: str,
+    derived_from_job: int | None = None,
+    is_image: bool | None = None,
+) -> Instance:
+    """Upsert Patient/Study/Series/Instance rows for one stored file (flushes, does not commit).
+
+    Raises DuplicateConflict if the SOP Instance UID is already indexed in another series.
+    """
+    study_uid = validate_uid(ds_header.get("StudyInstanceUID"), "StudyInstanceUID")
+    series_uid = validate_uid(ds_header.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    sop_uid = validate_uid(ds_header.get("SOPInstanceUID"), "SOPInstanceUID")
+    now = utcnow()
+    sender = (sender_ae or "").strip()[:16]
+
+    study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+    if study is None:
+        pid, issuer = _text(ds_header, "PatientID", 64), _text(ds_header, "IssuerOfPatientID", 64)
+        patient = session.scalar(select(Patient).where(Patient.patient_id == pid, Patient.issuer == issuer))
+        if patient is None:
+            patient = Patient(
+                patient_id=pid,
+                issuer=issuer,
+                patient_name=_text(ds_header, "PatientName", 324),
+                birth_date=_text(ds_header, "PatientBirthDate", 8),
+                sex=_text(ds_header, "PatientSex", 16),
+            )
+            session.add(patient)
+        study = Study(
+            study_uid=study_uid,
+            patient=patient,
+            study_date=_text(ds_header, "StudyDate", 8),
+            study_time=_text(ds_header, "StudyTime", 16),
+            accession_number=_text(ds_header, "AccessionNumber", 16),
+            study_id=_text(ds_header, "StudyID", 16),
+            study_description=_text(ds_header, "StudyDescription", 64),
+            referring_physician=_text(ds_header, "ReferringPhysicianName", 324),
+        )
+        session.add(study)
+
+    series = session.scalar(select(Series).where(Series.series_uid == series_uid))
+    if series is None:
+        series = Series(
+            series_uid=series_uid,
+            study=study,
+            modality=_text(ds_header, "Modality", 16),
+            series_number=_int(ds_header, "SeriesNumber"),
+            series_description=_text(ds_header, "SeriesDescription", 64),
+            body_part=_text(ds_header, "BodyPartExamined", 64),
+            calling_ae=sender,
+            first_received_at=now,
+            derived_from_job=derived_from_job,
+        )
+        session.add(series)
+    elif series.study.study_uid != study_uid:
+        raise DuplicateConflict(f"SeriesInstanceUID {series_uid} is already indexed under another study")
+    if derived_from_job is not None:
+        series.derived_from_job = derived_from_job
+    # Any arrival restarts the stability timer (documented policy: routing is idempotent).
+    series.state = SeriesState.receiving
+    series.stable_at = None
+    series.last_received_at = now
+
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+    if instance is None:
+        instance = Instance(sop_instance_uid=sop_uid, series=series)
+        session.add(instance)
+    elif instance.series_pk != series.id:
+        raise DuplicateConflict(f"SOPInstanceUID {sop_uid} is already indexed under another series")
+    ipp = _floats(ds_header, "ImagePositionPatient", 3)
+    iop = _floats(ds_header, "ImageOrientationPatient", 6)
+    spacing = _floats(ds_header, "PixelSpacing", 2)
+    instance.sop_class_uid = _text(ds_header, "SOPClassUID", 64)
+    instance.instance_number = _int(ds_header, "InstanceNumber")
+    instance.transfer_syntax_uid = str(transfer_syntax)[:64]
+    instance.file_path = str(rel_path)
+    instance.file_size = int(file_size)
+    instance.rows = _int(ds_header, "Rows")
+    instance.columns = _int(ds_header, "Columns")
+    instance.number_of_frames = _int(ds_header, "NumberOfFrames")
+    instance.slice_location = slice_position(ds_header)
+    instance.image_position = "\\".join(f"{v:g}" for v in ipp)[:128] if ipp else ""
+    instance.image_orientation = "\\".join(f"{v:g}" for v in iop)[:256] if iop else ""
+    instance.pixel_spacing = "\\".join(f"{v:g}" for v in spacing)[:64] if spacing else ""
+    instance.is_image = has_pixel_data(ds_header) if is_image is None else is_image
+    instance.received_at = now
+    instance.sender_ae = sender
+    session.flush()
+    return instance
+
+
+def _expected_native_bytes(ds: Dataset) -> int | None:
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    bits = _int(ds, "BitsAllocated")
+    if not rows or not cols or not bits:
+        return None
+    spp = _int(ds, "SamplesPerPixel") or 1
+    frames = _int(ds, "NumberOfFrames") or 1
+    return (rows * cols * spp * frames * bits + 7) // 8
+
+
+def parse_header(data: bytes) -> Dataset:
+    """Parse a DICOM Part 10 byte string far enough to index and validate it (large values skipped).
+
+    Raises MalformedDataset for truncated/undecodable input or missing/short pixel data.
+    """
+    try:
+        ds = dcmread(io.BytesIO(data), defer_size=_DEFER_BYTES, force=False)
+        tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
+        # Touch the indexed elements now: a truncated header fails here, not later.
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            ds.get(kw)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError, AttributeError, IndexError) as exc:
+        raise MalformedDataset(f"undecodable dataset ({type(exc).__name__}: {str(exc)[:120]})") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed dataset, never a crash
+        raise MalformedDataset(f"undecodable dataset ({type(exc).__name__}: {str(exc)[:120]})") from None
+    deflated = tsyntax == "1.2.840.10008.1.2.1.99"
+    pixel_tag = next((t for t in PIXEL_TAGS if t in ds), None)
+    if pixel_tag is not None:
+        raw = ds.get_item(pixel_tag)
+        length = getattr(raw, "length", None)
+        tell = getattr(raw, "value_tell", None)
+        undefined = length == 0xFFFFFFFF
+        if not undefined and length is not None and tell is not None and not deflated and tell + length > len(data):
+            raise MalformedDataset(
+                f"truncated: pixel data needs {length} bytes, only {max(0, len(data) - tell)} received"
+            )
+        if not tsyntax.is_compressed and pixel_tag == 0x7FE00010 and length is not None and not undefined:
+            expected = _expected_native_bytes(ds)
+            if expected is not None and length < expected:
+                raise MalformedDataset(f"short pixel data: {length} bytes, {expected} expected from the header")
+        if length == 0:
+            raise MalformedDataset("empty pixel data")
+    elif _int(ds, "Rows") and _int(ds, "Columns") and _int(ds, "BitsAllocated"):
+        raise MalformedDataset("missing pixel data (Rows/Columns/BitsAllocated present, no Pixel Data)")
+    return ds
+
+
+def _commit_with_retry(factory: sessionmaker[Session], work: Any, attempts: int = 5) -> Any:
+    # Parallel associations may race to create the same patient/study/series row, and SQLite may
+    # answer "database is locked"; both resolve by simply doing the transaction again.
+    for attempt in range(attempts):
+        session = factory()
+        try:
+            result = work(session)
+            session.commit()
+            return result
+        except (IntegrityError, OperationalError):
+            session.rollback()
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+    raise RuntimeError("unreachable")
+
+
+def store_encoded(
+    factory: sessionmaker[Session],
+    storage_dir: Path,
+    data: bytes,
+    sender_ae: str,
+    expected_sop_instance_uid: str | None = None,
+    derived_from_job: int | None = None,
+) -> StoreResult:
+    """Validate, write (atomic, fsynced) and index a Part 10 byte string; return what was done.
+
+    Raises a RejectedInstance subclass (with a DIMSE status) for anything refused; nothing is
+    left on disk or in the index for a refused instance.
+    """
+    ds = parse_header(data)
+    try:
+        study = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+        series = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        sop = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        if expected_sop_instance_uid is not None and sop != str(expected_sop_instance_uid).rstrip("\x00 "):
+            raise BadUID("SOPInstanceUID in the dataset differs from the C-STORE request's")
+        rel = instance_rel_path(study, series, sop)
+    except InvalidUID as exc:
+        raise BadUID(str(exc)) from None
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    target = resolve_in(storage_dir, rel)
+    existed = target.exists()
+    size = write_instance(storage_dir, rel, data)
+
+    def work(session: Session) -> StoreResult:
+        dup = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
+        inst = index_instance(session, ds, rel, size, tsyntax, sender_ae, derived_from_job)
+        return StoreResult(inst.id, inst.series_pk, str(rel), size, dup, inst.is_image)
+
+    try:
+        return _commit_with_retry(factory, work)
+    except BaseException:
+        if not existed:
+            # Not acknowledged and not indexed: leave nothing behind.
+            try:
+                os.unlink(target)
+            except FileNotFoundError:
+                pass
+        raise
+
+
+def encode_part10(ds: Dataset) -> bytes:
+    """A Dataset as DICOM Part 10 bytes (file meta filled in from the dataset if missing)."""
+    if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
+        ds.file_meta = meta
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def store_dataset(
+    factory: sessionmaker[Session],
+    storage_dir: Path,
+    ds: Dataset,
+    sender_ae: str = "",
+    derived_from_job: int | None = None,
+) -> StoreResult:
+    """Write and index a pydicom Dataset (e.g. a derived instance) in one call."""
+    return store_encoded(factory, storage_dir, encode_part10(ds), sender_ae, derived_from_job=derived_from_job)

@@ -1,0 +1,137 @@
+"""Instance files on disk: UID validation, UID-safe relative paths, atomic fsynced writes.
+
+Only validated UIDs ever become path components, so nothing a peer sends can name a file
+outside `node.storage_dir`. Layout: `<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+# PS3.5 9.1: components of digits separated by dots, no leading zero unless the component is "0".
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+UID_MAX_LEN = 64
+
+
+class InvalidUID(ValueError):
+    """A UID that is not a valid PS3.5 UID (and so can never become a path)."""
+
+
+class StorageError(OSError):
+    """Writing or reading an instance file failed."""
+
+
+def is_valid_uid(uid: object) -> bool:
+    """True if `uid` is a PS3.5 UID: digits and dots, <= 64 characters, no leading zeros."""
+    return isinstance(uid, str) and 0 < len(uid) <= UID_MAX_LEN and _UID_RE.fullmatch(uid) is not None
+
+
+def validate_uid(uid: object, what: str = "UID") -> str:
+    """Return `uid` (trailing NUL/space padding removed) or raise InvalidUID naming `what`."""
+    value = uid.rstrip("\x00 ") if isinstance(uid, str) else uid
+    if not is_valid_uid(value):
+        shown = repr(uid)[:80]
+        raise InvalidUID(f"{what} {shown} is not a valid DICOM UID")
+    return value  # type: ignore[return-value]
+
+
+def instance_rel_path(study_uid: str, series_uid: str, sop_instance_uid: str) -> PurePosixPath:
+    """Relative path of an instance file, built only from validated UIDs."""
+    return PurePosixPath(
+        validate_uid(study_uid, "StudyInstanceUID"),
+        validate_uid(series_uid, "SeriesInstanceUID"),
+        validate_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm",
+    )
+
+
+def resolve_in(storage_dir: Path, rel_path: str | PurePosixPath) -> Path:
+    """Absolute path of `rel_path` under `storage_dir`; refuses anything that escapes it."""
+    root = Path(storage_dir).resolve()
+    rel = PurePosixPath(rel_path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise StorageError(f"relative path {str(rel)!r} escapes the storage directory")
+    full = (root / rel).resolve()
+    if full != root and root not in full.parents:
+        raise StorageError(f"relative path {str(rel)!r} escapes the storage directory")
+    return full
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory entry itself is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(directory: Path, root: Path) -> None:
+    missing: list[Path] = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        # A fresh directory must be recorded in its parent too.
+        if created.parent == root or root in created.parent.parents:
+            _fsync_dir(created.parent)
+
+
+def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | None = None) -> int:
+    """Write `chunks` to `target` via tmp file + fsync + rename + directory fsync; return size."""
+    target = Path(target)
+    _makedirs_durable(target.parent, Path(root).resolve() if root else target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=target.parent)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in [chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks:
+                fh.write(chunk)
+                size += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+    return size
+
+
+def move_into_place(source: Path, target: Path, root: Path | None = None) -> int:
+    """Durably move an already-written file (same filesystem) to `target`; return its size."""
+    target = Path(target)
+    _makedirs_durable(target.parent, Path(root).resolve() if root else target.parent)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    os.replace(source, target)
+    _fsync_dir(target.parent)
+    return size
+
+
+def write_instance(storage_dir: Path, rel_path: str | PurePosixPath, data: bytes | Iterable[bytes]) -> int:
+    """Atomically write an instance file at `rel_path` under `storage_dir`; return its size."""
+    return atomic_write(resolve_in(storage_dir, rel_path), data, root=storage_dir)
+
+
+def read_instance_bytes(storage_dir: Path, rel_path: str | PurePosixPath) -> bytes:
+    """The stored file's bytes, exactly as written."""
+    return resolve_in(storage_dir, rel_path).read_bytes()
+
+
+def read_instance(storage_dir: Path, rel_path: str | PurePosixPath, stop_before_pixels: bool = False):  # type: ignore[no-untyped-def]
+    """The stored file as a pydicom Dataset."""
+    from pydicom import dcmread
+
+    return dcmread(resolve_in(storage_dir, rel_path), stop_before_pixels=stop_before_pixels)
