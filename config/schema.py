@@ -162,6 +162,11 @@ class SendConfig(_Strict):
     backoff_max_s: float = Field(300.0, gt=0)
 
 
+class QueryRetrieveConfig(_Strict):
+    # C-FIND answers at most this many matches, then fails with 0xA700 naming the limit (0 = no limit).
+    max_results: int = Field(1000, ge=0)
+
+
 class AdminConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -181,6 +186,7 @@ class SRNodeConfig(_Strict):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     send: SendConfig = Field(default_factory=SendConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    query_retrieve: QueryRetrieveConfig = Field(default_factory=QueryRetrieveConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "SRNodeConfig":
