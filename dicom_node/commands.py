@@ -1,0 +1,92 @@
+"""`srnode serve` and `srnode config check`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from config.loader import ConfigError, load_config
+
+log = logging.getLogger("srnode")
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Print OK, or the offending keys and why; exit code 1 on error."""
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print("OK")
+    return 0
+
+
+def quiet_libraries(level: str) -> None:
+    """Node log level for srnode; pynetdicom/alembic only say something at WARNING or above."""
+    logging.getLogger().setLevel(level)
+    for name in ("pynetdicom", "alembic"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the node in the foreground until SIGTERM/SIGINT (in-flight associations may finish)."""
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    quiet_libraries(cfg.node.log_level)
+    from dicom_node.server import NodeServer
+
+    node = NodeServer(cfg)
+    try:
+        node.start()
+    except OSError as exc:
+        print(f"cannot listen on {cfg.node.host}:{cfg.node.port} (node.host/node.port): {exc.strerror or exc}",
+              file=sys.stderr)
+        node.stop(0)
+        return 1
+    stop_requested = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received: no new associations, waiting up to %.0f s for %d open one(s)",
+                 signal.Signals(signum).name, cfg.node.shutdown_grace_s, node.active_associations())
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stop_requested.wait(0.5):
+        pass
+    node.stop()
+    log.info("stopped")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `serve` and `config check`."""
+    serve = subparsers.add_parser("serve", help="run the DICOM node in the foreground")
+    serve.add_argument("--config", required=True, help="YAML configuration file")
+    serve.set_defaults(func=cmd_serve)
+    config = subparsers.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate a configuration file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run only these subcommands (`python -m dicom_node.commands serve --config FILE`)."""
+    parser = argparse.ArgumentParser(prog="srnode")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""A-ASSOCIATE-RQ checks: unknown calling AE titles and a nearly full disk are refused."""
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.presentation import PresentationContext
+
+from dicom_node.handlers import NodeContext
+
+log = logging.getLogger("dicom_node.association")
+
+
+def free_disk_mb(ctx: NodeContext) -> float:
+    """Free space (MiB) on the filesystem holding the storage directory."""
+    ctx.storage_dir.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(ctx.storage_dir).free / (1024 * 1024)
+
+
+def _reject(event: evt.Event, result: int, source: int, diagnostic: int) -> None:
+    # As pynetdicom's own rejections: send A-ASSOCIATE-RJ, then let the DUL flush and stop.
+    event.assoc.acse.send_reject(result, source, diagnostic)
+    event.assoc.kill()
+
+
+def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
+    """Reject the association (one log line) if the caller is unknown or the disk is too full."""
+    calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+    node = ctx.cfg.node
+    if node.require_known_callers and ctx.cfg.peer_by_ae(calling) is None:
+        log.warning("rejected association from unknown calling AE %r (%s)", calling, event.assoc.requestor.address)
+        # permanent, service user, calling AE title not recognised
+        _reject(event, 0x01, 0x01, 0x03)
+        return
+    free = free_disk_mb(ctx)
+    if free < node.min_free_disk_mb:
+        log.warning(
+            "rejected association from %r: %.0f MiB free in storage, below node.min_free_disk_mb=%d",
+            calling, free, node.min_free_disk_mb,
+        )
+        # transient, presentation related, temporary congestion
+        _reject(event, 0x02, 0x03, 0x01)
+
+
+def bind(ctx: NodeContext) -> list[tuple[Any, Callable[..., Any]]]:
+    """The A-ASSOCIATE-RQ check."""
+    return [(evt.EVT_REQUESTED, handle_requested, [ctx])]
+
+
+def scp_contexts() -> list[PresentationContext]:
+    """No contexts of its own."""
+    return []

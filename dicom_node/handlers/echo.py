@@ -1,0 +1,26 @@
+"""C-ECHO: answer Success to any accepted association."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import Verification
+
+from dicom_node.handlers import NodeContext
+
+
+def handle_echo(event: evt.Event) -> int:
+    """Verification always succeeds once the association was accepted."""
+    return 0x0000
+
+
+def bind(ctx: NodeContext) -> list[tuple[Any, Callable[..., Any]]]:
+    """The C-ECHO handler."""
+    return [(evt.EVT_C_ECHO, handle_echo)]
+
+
+def scp_contexts() -> list[PresentationContext]:
+    """Verification SOP class."""
+    return [build_context(Verification)]

@@ -1,0 +1,127 @@
+"""NodeServer: the running node (DICOM listener, series assembly, services started with it).
+
+Composable: tests, the pipeline and the demo run it in-process:
+
+    node = NodeServer(cfg, stable_hooks=[route_series])
+    node.start()            # migrates the index, listens, starts assembly and services
+    ...
+    node.stop()             # stop listening; in-flight associations get node.shutdown_grace_s
+
+Services started with the node (embedded worker, outbox sender, admin API, ...) are objects with
+start()/stop(); pass them as `services=[...]`, or list a module in SERVICE_MODULES that defines
+`make_service(node: NodeServer) -> Service | None` (one line, like cli.COMMAND_MODULES). They are
+started after the listener and stopped before the index is closed, in reverse order.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from config.schema import SRNodeConfig
+from dicom_node.ae import build_ae, tls_context
+from dicom_node.assembly import Assembler, StableHook
+from dicom_node.handlers import NodeContext, collect
+from dicom_node.index.db import make_engine, session_factory
+from dicom_node.index.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+# Modules defining make_service(node) -> Service | None, started with `srnode serve`.
+SERVICE_MODULES: list[str] = []
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class NodeServer:
+    """One node: index, DICOM listener, assembly loop and extra services, with start()/stop()."""
+
+    def __init__(
+        self,
+        cfg: SRNodeConfig,
+        stable_hooks: Iterable[StableHook] = (),
+        services: Iterable[Service] = (),
+        handler_modules: Iterable[str] | None = None,
+        service_modules: Iterable[str] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.storage_dir = Path(cfg.node.storage_dir)
+        self.engine = make_engine(cfg.node.database_url)
+        self.session_factory = session_factory(self.engine)
+        self.context = NodeContext(cfg=cfg, session_factory=self.session_factory, storage_dir=self.storage_dir)
+        self.handler_modules = None if handler_modules is None else list(handler_modules)
+        self.assembler = Assembler(
+            self.session_factory, cfg.series.stable_after_s, cfg.series.check_interval_s,
+            hooks=stable_hooks, storage_dir=self.storage_dir,
+        )
+        self.services: list[Service] = list(services)
+        self._service_modules = SERVICE_MODULES if service_modules is None else list(service_modules)
+        self.ae: Any = None
+        self.server: ThreadedAssociationServer | None = None
+        self.port: int | None = None
+        self._started: list[Service] = []
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Migrate the index, start listening, then assembly and services."""
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(self.cfg.node.database_url, self.engine)
+        handlers, contexts = collect(self.context, self.handler_modules)
+        self.ae = build_ae(self.cfg, contexts)
+        self.server = self.ae.start_server(
+            (self.cfg.node.host, self.cfg.node.port), block=False,
+            ssl_context=tls_context(self.cfg.node.tls), evt_handlers=handlers,
+        )
+        self.port = int(self.server.server_address[1])
+        log.info("%s listening on %s:%d%s", self.cfg.node.ae_title, self.cfg.node.host, self.port,
+                 " (TLS)" if self.cfg.node.tls else "")
+        self.assembler.start()
+        for name in self._service_modules:
+            service = importlib.import_module(name).make_service(self)
+            if service is not None:
+                self.services.append(service)
+        for service in self.services:
+            service.start()
+            self._started.append(service)
+
+    def active_associations(self) -> int:
+        """Associations currently open on the listener."""
+        return len(self.server.active_associations) if self.server else 0
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let in-flight associations finish (up to the grace), stop everything."""
+        grace = self.cfg.node.shutdown_grace_s if grace_s is None else grace_s
+        if self.server is not None:
+            server, self.server = self.server, None
+            in_flight = list(server.active_associations)
+            server.shutdown()  # closes the listening socket; open associations keep running
+            deadline = time.monotonic() + grace
+            while any(a.is_alive() for a in in_flight) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = [a for a in in_flight if a.is_alive()]
+            if left:
+                log.warning("aborting %d association(s) still open after %.0f s grace", len(left), grace)
+                for assoc in left:
+                    assoc.abort()
+        for service in reversed(self._started):
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping %r failed", service)
+        self._started.clear()
+        self.assembler.stop()
+        self.engine.dispose()
+        self._stopped.set()
+
+    def wait(self) -> None:
+        """Block until stop() has completed."""
+        self._stopped.wait()
