@@ -1,0 +1,60 @@
+"""`create_app`: the FastAPI application (admin API under /api, metrics and probes, the console at /)."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.live import LiveConfig
+from config.loader import ConfigError
+from dicom_node.admin.context import AdminContext, EnqueueJob
+from dicom_node.admin.routers import audit, jobs, models, ops, peers, routing, series, stats, viewer
+
+log = logging.getLogger("srnode.admin")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+# Cross-section checks of the schema (model validators) report at the top level with the real key
+# at the start of the message, e.g. "Value error, routing.0.destinations: 'x' is not a key of peers".
+_TOP_LEVEL_KEY = re.compile(r"\(top level\): (?:Value error, )?([A-Za-z_][\w.]*): ")
+
+
+def _config_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ConfigError)
+    keys = [k for k in exc.keys if k != "(top level)"] + _TOP_LEVEL_KEY.findall(str(exc))
+    log.info("admin change rejected: keys %s", ",".join(keys) or "-")
+    return JSONResponse(status_code=422, content={"detail": str(exc), "keys": keys or exc.keys})
+
+
+def create_app(
+    live: LiveConfig,
+    sessions: sessionmaker[Session],
+    enqueue_job: EnqueueJob | None = None,
+    web_dir: Path | None = WEB_DIR,
+) -> FastAPI:
+    """Build the admin app over the live config and the index; `enqueue_job(job_id)` re-queues retries."""
+    app = FastAPI(
+        title="srnode admin API",
+        version="1",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        description="Peers, routing, models, jobs, series and audit of an srnode DICOM SR node. "
+        "Authenticate with `Authorization: Bearer <token>` (admin.tokens in the config).",
+    )
+    app.state.live = live
+    app.state.ctx = AdminContext(live=live, sessions=sessions, enqueue_job=enqueue_job)
+    app.add_exception_handler(ConfigError, _config_error)
+    for module in (peers, routing, models, jobs, series, audit, stats, viewer):
+        app.include_router(module.router, prefix="/api")
+    app.include_router(ops.router)
+    ops.install_snapshot_sources(app.state.ctx)
+    if web_dir is not None and web_dir.is_dir():
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="console")
+    return app

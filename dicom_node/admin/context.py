@@ -1,0 +1,50 @@
+"""What the admin routes need from the running node, held on `app.state.ctx`."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.live import LiveConfig
+from config.loader import ConfigError
+from config.schema import SRNodeConfig
+from dicom_node.admin.auth import Principal
+
+log = logging.getLogger("srnode.admin")
+
+# Re-enqueue a job row that the API has set back to `queued` (the pipeline's public function).
+EnqueueJob = Callable[[int], Any]
+
+
+@dataclass
+class AdminContext:
+    live: LiveConfig
+    sessions: sessionmaker[Session]
+    enqueue_job: EnqueueJob | None = None
+
+    def candidate(self, section: str, value: Any) -> SRNodeConfig:
+        """The config that changing `section` to `value` would give (validated, nothing written)."""
+        from config.live import MUTABLE_SECTIONS
+
+        data = self.live.current().model_dump(mode="json")
+        return self.live.with_overrides({**{k: data[k] for k in MUTABLE_SECTIONS}, section: value})
+
+    def change_section(self, section: str, value: Any, who: Principal) -> SRNodeConfig:
+        """Validate, persist and audit one config section change (raises ConfigError → 422)."""
+        cfg = self.live.set_section(section, value, who.actor)
+        log.info("admin change: section %s by %s", section, who.actor)
+        return cfg
+
+
+def ctx_of(request: Request) -> AdminContext:
+    """The AdminContext of the app serving `request`."""
+    return request.app.state.ctx
+
+
+def bad_key(key: str, message: str) -> ConfigError:
+    """A validation error the API found itself (beyond the schema), naming the offending key."""
+    return ConfigError(f"{key}: {message}", [key])

@@ -1,0 +1,123 @@
+"""Jobs: list with filters, one job, retry, cancel (state changes on Job rows, audited)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from sqlalchemy import select
+
+from dicom_node.admin.auth import Principal, require_admin, require_read
+from dicom_node.admin.context import ctx_of, log
+from dicom_node.index.models import Audit, Job, JobState, Series, utcnow
+
+router = APIRouter(tags=["jobs"])
+
+RETRYABLE = (JobState.failed, JobState.cancelled)
+CANCELLABLE = (JobState.queued, JobState.running)
+
+
+def job_view(job: Job, series: Series) -> dict[str, Any]:
+    """A job as the API shows it (no patient data)."""
+    try:
+        timings = json.loads(job.timings) if job.timings else {}
+    except ValueError:
+        timings = {}
+    total = job.progress_total or 0
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "series_uid": series.series_uid,
+        "modality": series.modality,
+        "series_description": series.series_description,
+        "rule": job.rule_name,
+        "model": job.model,
+        "checkpoint_sha256": job.checkpoint_sha256,
+        "scale": job.scale,
+        "priority": job.priority,
+        "destinations": [d for d in job.destinations.split(",") if d],
+        "progress": {"done": job.progress_done, "total": total,
+                     "fraction": (job.progress_done / total) if total else None},
+        "attempts": job.attempts,
+        "error": job.error,
+        "derived_series_uid": job.derived_series_uid,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "timings": timings,
+    }
+
+
+@router.get("/jobs")
+def list_jobs(
+    request: Request,
+    state: JobState | None = None,
+    modality: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    _: Principal = Depends(require_read),
+) -> list[dict[str, Any]]:
+    """Jobs, newest first, optionally filtered by state and the source series' modality."""
+    q = select(Job, Series).join(Series, Job.series_pk == Series.id)
+    if state is not None:
+        q = q.where(Job.state == state)
+    if modality:
+        q = q.where(Series.modality == modality.upper())
+    q = q.order_by(Job.id.desc()).limit(limit).offset(offset)
+    with ctx_of(request).sessions() as session:
+        return [job_view(job, series) for job, series in session.execute(q).all()]
+
+
+def _load(session: Any, job_id: int) -> tuple[Job, Series]:
+    row = session.execute(
+        select(Job, Series).join(Series, Job.series_pk == Series.id).where(Job.id == job_id)
+    ).first()
+    if row is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return row[0], row[1]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+    """One job with progress and per-stage timings."""
+    with ctx_of(request).sessions() as session:
+        return job_view(*_load(session, job_id))
+
+
+def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], new: JobState,
+                who: Principal, action: str) -> dict[str, Any]:
+    ctx = ctx_of(request)
+    with ctx.sessions() as session, session.begin():
+        job, series = _load(session, job_id)
+        if job.state not in allowed:
+            raise HTTPException(
+                409, f"job {job_id} is {job.state.value}; {action} needs one of {[s.value for s in allowed]}"
+            )
+        before = job.state.value
+        job.state = new
+        if new is JobState.queued:
+            job.error, job.progress_done, job.started_at, job.finished_at = "", 0, None, None
+        else:
+            job.finished_at = utcnow()
+        session.add(Audit(actor=who.actor, action=f"job.{action}", detail=f"job {job_id}: {before} -> {new.value}"))
+        view = job_view(job, series)
+    log.info("job %s %s by %s (%s -> %s)", job_id, action, who.actor, before, new.value)
+    return view
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry_job(job_id: int, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
+    """Set a failed or cancelled job back to queued and hand it to the pipeline again."""
+    view = _transition(request, job_id, RETRYABLE, JobState.queued, who, "retry")
+    enqueue = ctx_of(request).enqueue_job
+    view["enqueued"] = False
+    if enqueue is not None:
+        enqueue(job_id)
+        view["enqueued"] = True
+    return view
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: int, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
+    """Mark a queued or running job cancelled (the worker checks the row before each step)."""
+    return _transition(request, job_id, CANCELLABLE, JobState.cancelled, who, "cancel")

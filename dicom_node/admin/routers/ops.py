@@ -1,0 +1,97 @@
+"""Operations endpoints without auth (for Prometheus and orchestrators): /metrics, /healthz, /readyz.
+
+They expose no patient data and change nothing; bind admin.host to a trusted network.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from dicom_node import metrics
+from dicom_node.admin.context import AdminContext, ctx_of
+from dicom_node.admin.routers.stats import queue_depths
+
+router = APIRouter(tags=["operations"])
+
+
+def install_snapshot_sources(ctx: AdminContext) -> None:
+    """Point the scrape-time metrics (queue depth, disk free) at this node's index and storage."""
+
+    def depth() -> dict[str, int]:
+        with ctx.sessions() as session:
+            return queue_depths(session)
+
+    metrics.SNAPSHOT.queue_depth = depth
+    metrics.SNAPSHOT.disk_paths = {"storage": _existing(Path(ctx.live.base.node.storage_dir))}
+
+
+def _existing(path: Path) -> Path:
+    # Before the first instance arrives the storage folder may not exist yet; its volume does.
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@router.get("/metrics", include_in_schema=True)
+def prometheus_metrics() -> Response:
+    """Prometheus text exposition of srnode's metrics."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+def _check_db(ctx: AdminContext) -> str:
+    with ctx.sessions() as session:
+        session.execute(text("SELECT 1"))
+    return "ok"
+
+
+def _check_storage(storage: Path) -> str:
+    storage.mkdir(parents=True, exist_ok=True)
+    probe = storage / f".ready-{uuid.uuid4().hex}"
+    with open(probe, "wb") as f:
+        f.write(b"ok")
+        f.flush()
+        os.fsync(f.fileno())
+    probe.unlink()
+    return "ok"
+
+
+def _check_disk(storage: Path, min_free_mb: int) -> str:
+    free_mb = shutil.disk_usage(_existing(storage)).free // (1024 * 1024)
+    if free_mb < min_free_mb:
+        raise RuntimeError(f"{free_mb} MB free, below node.min_free_disk_mb={min_free_mb}")
+    return f"ok ({free_mb} MB free)"
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Readiness: index database reachable, storage writable, disk above node.min_free_disk_mb."""
+    ctx = ctx_of(request)
+    node = ctx.live.base.node
+    storage = Path(node.storage_dir)
+    checks: dict[str, Any] = {}
+    ready = True
+    for name, fn in (
+        ("database", lambda: _check_db(ctx)),
+        ("storage", lambda: _check_storage(storage)),
+        ("disk", lambda: _check_disk(storage, node.min_free_disk_mb)),
+    ):
+        try:
+            checks[name] = fn()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a named, failed check
+            checks[name] = f"failed: {exc}"
+            ready = False
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

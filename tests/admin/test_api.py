@@ -1,0 +1,163 @@
+"""Admin API over a real (SQLite, migrated) index: auth, validation, audit, jobs, routing live."""
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.live import LiveConfig
+from dicom_node.index.models import Audit, Job, JobState, Patient, Series, Study
+from dicom_node.routing import SeriesFacts, select_rule
+from tests.admin.conftest import ADMIN, READ, READER, auth
+
+
+def test_no_token_is_401(client: TestClient) -> None:
+    for method, path in (("get", "/api/peers"), ("get", "/api/jobs"), ("put", "/api/routing")):
+        r = client.request(method, path, json=[])
+        assert r.status_code == 401, (path, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_wrong_token_is_401(client: TestClient) -> None:
+    assert client.get("/api/peers", headers=auth("not-a-token")).status_code == 401
+
+
+def test_read_role_reads_but_cannot_change(client: TestClient) -> None:
+    assert client.get("/api/peers", headers=auth(READ)).status_code == 200
+    r = client.put("/api/peers/x", json={"ae_title": "X", "host": "h", "port": 104}, headers=auth(READ))
+    assert r.status_code == 403
+    r = client.put("/api/routing/modalities/CT", json={"model": "lanczos"}, headers=auth(READ))
+    assert r.status_code == 403
+
+
+def test_reader_role_is_reserved(client: TestClient) -> None:
+    assert client.get("/api/jobs", headers=auth(READER)).status_code == 403
+
+
+def test_peer_validation_error_names_the_key(client: TestClient) -> None:
+    r = client.put("/api/peers/ris", json={"ae_title": "RIS", "host": "h", "port": 70000}, headers=auth(ADMIN))
+    assert r.status_code == 422
+    assert r.json()["keys"] == ["peers.ris.port"]
+    r = client.put("/api/peers/ris", json={"ae_title": "X" * 17, "host": "h", "port": 104}, headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["keys"] == ["peers.ris.ae_title"]
+    r = client.put("/api/peers/ris", json={"ae_title": "RIS", "host": "h", "port": 104, "colour": 1},
+                   headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["keys"] == ["peers.ris.colour"]
+    assert "ris" not in client.get("/api/peers", headers=auth(READ)).json()
+
+
+def test_peer_in_use_cannot_be_deleted(client: TestClient) -> None:
+    r = client.delete("/api/peers/pacs", headers=auth(ADMIN))
+    assert r.status_code == 422
+    assert r.json()["keys"] == ["routing.0.destinations"]
+    r = client.put("/api/routing", json=[{"match": {"modality": "CT"}, "model": "bicubic", "destinations": ["nope"]}],
+                   headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["keys"] == ["routing.0.destinations"]
+
+
+def test_peer_change_is_persisted_and_audited(client: TestClient, live: LiveConfig,
+                                              sessions: sessionmaker[Session]) -> None:
+    r = client.put("/api/peers/ris", json={"ae_title": "RIS", "host": "10.1.2.3", "port": 104}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    assert live.current().peers["ris"].host == "10.1.2.3"
+    # A second LiveConfig over the same database (another process, or after a restart) sees it too.
+    again = LiveConfig(live.base, sessions, ttl_s=0.0)
+    assert again.current().peers["ris"].ae_title == "RIS"
+    audit = client.get("/api/audit", headers=auth(READ)).json()
+    assert audit[0]["action"] == "config.set.peers"
+    assert audit[0]["actor"].startswith("admin:") and ADMIN not in audit[0]["actor"]
+
+
+def test_routing_unknown_model_is_422(client: TestClient) -> None:
+    r = client.put("/api/routing/modalities/CT", json={"model": "no-such-model"}, headers=auth(ADMIN))
+    assert r.status_code == 422
+    assert r.json()["keys"] == ["routing.0.model"]
+    r = client.put("/api/routing", json=[{"match": {"modality": "CT"}}], headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["keys"] == ["routing.0"]
+    r = client.put("/api/routing", json=[{"match": {"series_description": "("}, "model": "bicubic"}],
+                   headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["keys"] == ["routing.0.match.series_description"]
+
+
+def test_routing_change_applies_to_next_series_without_restart(client: TestClient, live: LiveConfig) -> None:
+    facts = SeriesFacts(modality="CT", calling_ae="SCANNER")
+    before = select_rule(live.current().routing, facts)
+    assert before is not None and before[1].model == "bicubic"
+    r = client.put("/api/routing/modalities/CT", json={"model": "lanczos", "scale": 2}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "lanczos"
+    # The same LiveConfig object the pipeline holds: routing for the next series picks the new model.
+    after = select_rule(live.current().routing, facts)
+    assert after is not None and after[1].model == "lanczos" and after[1].scale == 2
+    assert after[1].destinations == ["pacs"]
+    assert client.get("/api/routing/modalities", headers=auth(READ)).json()["CT"]["model"] == "lanczos"
+
+
+def test_model_for_new_modality_appends_rule(client: TestClient, live: LiveConfig) -> None:
+    r = client.put("/api/routing/modalities/mr", json={"model": "bicubic"}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    rule = select_rule(live.current().routing, SeriesFacts(modality="MR"))
+    assert rule is not None and rule[1].model == "bicubic"
+
+
+def test_models_list_has_builtins(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/api/models", headers=auth(READ)).json()}
+    assert models["bicubic"]["builtin"] and models["bicubic"]["usable"]
+    assert not models["realesrgan"]["usable"]  # an architecture without weights
+
+
+def _series(session: Session, uid: str, modality: str) -> Series:
+    patient = Patient(patient_id=f"P{uid}")
+    study = Study(patient=patient, study_uid=f"1.2.{uid}")
+    series = Series(study=study, series_uid=f"1.2.{uid}.1", modality=modality)
+    session.add_all([patient, study, series])
+    session.flush()
+    return series
+
+
+def test_jobs_filter_retry_cancel(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    with sessions() as session, session.begin():
+        ct, mr = _series(session, "1", "CT"), _series(session, "2", "MR")
+        session.add_all([
+            Job(series_pk=ct.id, model="bicubic", state=JobState.failed, error="boom", progress_done=3,
+                progress_total=10),
+            Job(series_pk=mr.id, model="lanczos", state=JobState.queued),
+        ])
+    jobs = client.get("/api/jobs", headers=auth(READ)).json()
+    assert len(jobs) == 2
+    failed = client.get("/api/jobs?state=failed", headers=auth(READ)).json()
+    assert [j["modality"] for j in failed] == ["CT"] and failed[0]["progress"]["fraction"] == 0.3
+    assert [j["model"] for j in client.get("/api/jobs?modality=mr", headers=auth(READ)).json()] == ["lanczos"]
+    assert client.get("/api/jobs?state=bogus", headers=auth(READ)).status_code == 422
+
+    ct_job, mr_job = failed[0]["id"], next(j["id"] for j in jobs if j["modality"] == "MR")
+    assert client.post(f"/api/jobs/{ct_job}/retry", headers=auth(READ)).status_code == 403
+    r = client.post(f"/api/jobs/{ct_job}/retry", headers=auth(ADMIN))
+    assert r.status_code == 200 and r.json()["state"] == "queued" and r.json()["error"] == ""
+    assert client.post(f"/api/jobs/{ct_job}/retry", headers=auth(ADMIN)).status_code == 409
+    r = client.post(f"/api/jobs/{mr_job}/cancel", headers=auth(ADMIN))
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert client.post("/api/jobs/999/cancel", headers=auth(ADMIN)).status_code == 404
+    with sessions() as session:
+        assert session.get(Job, mr_job).state is JobState.cancelled
+        actions = session.execute(select(Audit.action).order_by(Audit.id)).scalars().all()
+    assert actions == ["job.retry", "job.cancel"]
+
+
+def test_series_and_stats(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    with sessions() as session, session.begin():
+        s = _series(session, "9", "CT")
+        session.add(Job(series_pk=s.id, model="bicubic", state=JobState.failed, error="decoder failed"))
+    rows = client.get("/api/series?modality=CT", headers=auth(READ)).json()
+    assert [r["series_uid"] for r in rows] == ["1.2.9.1"]
+    one = client.get("/api/series/1.2.9.1", headers=auth(READ)).json()
+    assert one["jobs"][0]["error"] == "decoder failed"
+    assert "patient" not in str(one).lower()
+    stats = client.get("/api/stats", headers=auth(READ)).json()
+    assert stats["jobs"]["failed"] == 1 and stats["failures"]["recent"][0]["error"] == "decoder failed"
+
+
+def test_openapi_docs(client: TestClient) -> None:
+    assert client.get("/api/docs").status_code == 200
+    spec = client.get("/api/openapi.json").json()
+    assert "/api/routing/modalities/{modality}" in spec["paths"]
