@@ -158,6 +158,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Refreshed by the worker running the job; a stale one means that worker died (requeue).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Per-stage seconds as JSON text, e.g. {"load": .., "infer": .., "write": ..}.
     timings: Mapped[str] = mapped_column(Text, default="")
     __table_args__ = (
