@@ -154,6 +154,8 @@ class WorkerConfig(_Strict):
     max_retries: int = Field(5, ge=0)
     # The embedded worker inside `srnode serve` (no broker server needed).
     embedded: bool = True
+    # A running job whose worker has not beaten for this long is requeued by the node.
+    heartbeat_timeout_s: float = Field(60.0, gt=0)
 
 
 class SendConfig(_Strict):
