@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "dicom_node.commands",  # serve, config check
     "sr_engine.cli",  # models list/add, sr, evaluate
+    "training.cli",  # train, export-model, compare
 ]
 
 
