@@ -53,3 +53,40 @@ def live(tmp_path: Path, sessions: sessionmaker[Session]) -> LiveConfig:
 def client(live: LiveConfig, sessions: sessionmaker[Session]) -> Iterator[TestClient]:
     with TestClient(create_app(live, sessions)) as c:
         yield c
+
+
+def make_done_job(sessions: sessionmaker[Session], storage_dir: Path, files: list[Path], model: str = "bicubic",
+                  scale: int = 2) -> int:
+    """Store real CT slices, upscale them with a registry model, write the derived series with the
+    pipeline's highdicom writer, and record a finished Job: what the viewer shows."""
+    import torch
+    from pydicom import dcmread
+
+    from dicom_node.derive.writer import Derivation, derive_classic
+    from dicom_node.index.models import Job, JobState, Series
+    from dicom_node.ingest import store_dataset, store_encoded
+    from sr_engine.intensity import mapping_for, modality_values
+    from sr_engine.registry import ModelSpec, load, resolve
+
+    torch.set_num_threads(1)
+    series_pk = None
+    for f in files:
+        series_pk = store_encoded(sessions, storage_dir, f.read_bytes(), "SCANNER").series_pk
+    spec = resolve(model)
+    loaded = load(ModelSpec(spec.name, spec.arch, scale=scale), "cpu")
+    with sessions() as session, session.begin():
+        job = Job(series_pk=series_pk, model=model, checkpoint_sha256=loaded.checkpoint_sha256, scale=scale,
+                  state=JobState.done, progress_done=len(files), progress_total=len(files))
+        session.add(job)
+        session.flush()
+        job_id = job.id
+        src_uid = session.get(Series, series_pk).series_uid
+    derivation = Derivation(model=model, checkpoint_sha256=loaded.checkpoint_sha256, scale=scale)
+    for f in files:
+        ds = dcmread(f)
+        values = modality_values(ds)[None]
+        up = loaded.upscale(values, mapping_for("CT"))[0]
+        store_dataset(sessions, storage_dir, derive_classic(ds, up, derivation), "SRNODE", derived_from_job=job_id)
+    with sessions() as session, session.begin():
+        session.get(Job, job_id).derived_series_uid = derivation.series_uid(src_uid)
+    return job_id

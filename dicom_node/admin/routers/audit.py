@@ -31,3 +31,9 @@ def list_audit(
              "detail": a.detail}
             for a in session.execute(q).scalars()
         ]
+
+
+@router.get("/whoami", tags=["auth"])
+def whoami(who: Principal = Depends(require_read)) -> dict[str, str]:
+    """The role of the presented token (the console hides buttons the role may not use)."""
+    return {"role": who.role, "actor": who.actor}

@@ -113,8 +113,8 @@ def slice_psnr(job_id: int, k: int, request: Request, _: Principal = Depends(req
         raise HTTPException(409, f"derived slice {der.shape} is not x{job.scale} of the original {src.shape}")
     mapping = mapping_for(modality, src)
     value = lr_consistency_psnr(
-        torch.from_numpy(np.ascontiguousarray(der))[None, None],
-        torch.from_numpy(np.ascontiguousarray(src))[None, None],
+        torch.from_numpy(np.array(der, dtype=np.float32))[None, None],
+        torch.from_numpy(np.array(src, dtype=np.float32))[None, None],
         job.scale,
         mapping.high - mapping.low,
     )

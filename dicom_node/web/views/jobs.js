@@ -1,0 +1,47 @@
+// Jobs: filter by state and modality, progress, retry, cancel, open in the viewer.
+import { api } from "../api.js";
+import { h, table, toast, errorText, fmtTime } from "../ui.js";
+
+const STATES = ["", "queued", "running", "done", "failed", "cancelled"];
+
+export default async function jobs(main, args, session) {
+  const admin = session.role === "admin";
+  const state = h("select", { testid: "job-state" }, STATES.map((s) => h("option", { value: s }, s || "any state")));
+  const modality = h("input", { placeholder: "modality", class: "narrow", testid: "job-modality" });
+  const holder = h("div");
+
+  async function act(id, what) {
+    try { await api.post(`/api/jobs/${id}/${what}`); toast(`job ${id}: ${what}`); await refresh(); }
+    catch (err) { toast(errorText(err), "error"); }
+  }
+
+  async function refresh() {
+    const q = new URLSearchParams();
+    if (state.value) q.set("state", state.value);
+    if (modality.value) q.set("modality", modality.value);
+    const rows = await api.get(`/api/jobs?${q}`);
+    holder.replaceChildren(table([
+      { title: "Job", render: (r) => r.id },
+      { title: "State", render: (r) => h("span", { class: `state ${r.state}`, testid: `job-state-${r.id}` }, r.state) },
+      { title: "Modality", render: (r) => r.modality },
+      { title: "Series", render: (r) => r.series_description || r.series_uid.slice(-12) },
+      { title: "Model", render: (r) => `${r.model} x${r.scale}` },
+      { title: "Progress", render: (r) => h("span", {},
+        h("progress", { max: r.progress.total || 1, value: r.progress.done }), ` ${r.progress.done}/${r.progress.total}`) },
+      { title: "Created", render: (r) => fmtTime(r.created_at) },
+      { title: "Error", render: (r) => h("span", { class: "error" }, r.error) },
+      { title: "", render: (r) => h("span", {},
+        r.state === "done" && h("a", { href: `#/viewer/${r.id}`, testid: `view-${r.id}` }, "Compare"),
+        admin && ["failed", "cancelled"].includes(r.state) && h("button", { onclick: () => act(r.id, "retry") }, "Retry"),
+        admin && ["queued", "running"].includes(r.state) && h("button", { class: "danger", onclick: () => act(r.id, "cancel") }, "Cancel")) },
+    ], rows, "jobs-table"));
+  }
+
+  state.addEventListener("change", refresh);
+  modality.addEventListener("change", refresh);
+  main.replaceChildren(h("h2", {}, "Jobs"), h("div", { class: "row" }, state, modality,
+    h("button", { onclick: refresh }, "Refresh")), holder);
+  await refresh();
+  const timer = setInterval(() => refresh().catch(() => {}), 3000);
+  return () => clearInterval(timer);
+}
