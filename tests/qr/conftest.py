@@ -6,14 +6,20 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom import dcmread
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from config.loader import parse_config
+from config.schema import SRNodeConfig
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.migrate import upgrade
 from dicom_node.ingest import store_dataset
+from dicom_node.server import NodeServer
+from tests.conftest import free_port
 from tests.qr.synthetic import ROOT, make_instance
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -87,3 +93,66 @@ def catalogue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a DCMTK tool; output (stdout+stderr) is kept for assertions and failure messages."""
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+# --- a running node with the real CT stored through it -------------------------------------------
+SCU_AE = "QRSCU"
+NODE_AE = "SRNODE"
+QR_HANDLER_MODULES = [
+    "dicom_node.handlers.association",
+    "dicom_node.handlers.echo",
+    "dicom_node.qr.handlers",  # before store: its storage contexts carry the C-GET roles
+    "dicom_node.handlers.store",
+]
+
+
+@dataclass
+class RunningNode:
+    server: Any
+    port: int
+    scu_port: int  # where movescu/pynetdicom destinations listen (peer "scu")
+    slow_port: int  # a pynetdicom storage SCP tests may start (peer "slow")
+    orthanc_dicom_port: int
+    tmp: Path
+    series: dict[str, str]  # ct folder name -> SeriesInstanceUID
+    studies: dict[str, str]  # ct folder name -> StudyInstanceUID
+    sop_uids: dict[str, set[str]]  # ct folder name -> SOPInstanceUIDs
+
+
+def node_config(tmp: Path, port: int, scu_port: int, slow_port: int, orthanc_port: int) -> SRNodeConfig:
+    """A node config whose peers are the test's own DICOM endpoints."""
+    return parse_config({
+        "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": port, "storage_dir": str(tmp / "storage"),
+                 "database_url": f"sqlite:///{tmp / 'index.db'}", "min_free_disk_mb": 0},
+        "peers": {
+            "scu": {"ae_title": SCU_AE, "host": "127.0.0.1", "port": scu_port},
+            "slow": {"ae_title": "SLOWSCP", "host": "127.0.0.1", "port": slow_port},
+            "orthanc": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port},
+        },
+        "series": {"stable_after_s": 3600},
+        "admin": {"enabled": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, ct_dirs: list[Path]) -> Iterator[RunningNode]:
+    """A NodeServer with Q/R handlers; the three real CT series stored through it with storescu."""
+    tmp = tmp_path_factory.mktemp("qrnode")
+    port, scu_port, slow_port, orthanc_port = (free_port() for _ in range(4))
+    server = NodeServer(node_config(tmp, port, scu_port, slow_port, orthanc_port),
+                        handler_modules=QR_HANDLER_MODULES, service_modules=[])
+    server.start()
+    try:
+        series, studies, sops = {}, {}, {}
+        for d in ct_dirs:
+            res = run(["storescu", "-aet", SCU_AE, "-aec", NODE_AE, "+sd", "127.0.0.1", str(server.port), str(d)],
+                      timeout=120)
+            assert res.returncode == 0, res.stdout + res.stderr
+            files = sorted(d.glob("*.dcm")) or sorted(p for p in d.iterdir() if p.is_file())
+            heads = [dcmread(f, stop_before_pixels=True) for f in files]
+            series[d.name] = str(heads[0].SeriesInstanceUID)
+            studies[d.name] = str(heads[0].StudyInstanceUID)
+            sops[d.name] = {str(h.SOPInstanceUID) for h in heads}
+        yield RunningNode(server, server.port, scu_port, slow_port, orthanc_port, tmp, series, studies, sops)
+    finally:
+        server.stop(grace_s=2)
