@@ -16,6 +16,8 @@ COMMAND_MODULES: list[str] = [
     "dicom_node.commands",  # serve, config check
     "sr_engine.cli",  # models list/add, sr, evaluate
     "training.cli",  # train, export-model, compare
+    "workers.cli",  # worker
+    "dicom_node.demo",  # demo
 ]
 
 

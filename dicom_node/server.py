@@ -34,7 +34,10 @@ from dicom_node.index.migrate import upgrade
 log = logging.getLogger(__name__)
 
 # Modules defining make_service(node) -> Service | None, started with `srnode serve`.
-SERVICE_MODULES: list[str] = []
+SERVICE_MODULES: list[str] = [
+    "dicom_node.pipeline",  # routing hook, job dispatch, outbox sender, embedded worker
+    "dicom_node.admin.service",  # admin API, console, /metrics, probes (only when admin.tokens is set)
+]
 
 
 class Service(Protocol):

@@ -1,0 +1,1 @@
+"""Persistent outbox: one row per (instance, destination) until delivered, and its C-STORE sender."""

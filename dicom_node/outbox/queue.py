@@ -1,0 +1,110 @@
+"""Outbox rows: add, pick what is due, record the outcome (with exponential backoff).
+
+The table is the queue: the sender keeps no state of its own, so a restart resumes exactly where
+the last committed row left off.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from config.schema import SendConfig
+from dicom_node.index.models import Instance, Outbox, OutboxState
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; every time in the index is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def enqueue(session: Session, instance_pks: Iterable[int], destinations: Iterable[str], job_pk: int | None = None) -> int:
+    """Add (instance, destination) rows; an existing pair is left alone. Returns rows added."""
+    rows = [
+        {"instance_pk": pk, "destination": dest, "job_pk": job_pk, "state": OutboxState.pending.value,
+         "attempts": 0, "next_attempt_at": utcnow(), "last_error": "", "created_at": utcnow()}
+        for pk in instance_pks for dest in destinations
+    ]
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Outbox).values(rows).on_conflict_do_nothing(index_elements=["instance_pk", "destination"])
+    return int(session.execute(stmt).rowcount or 0)
+
+
+@dataclass(frozen=True)
+class DueItem:
+    """One outbox row ready to send: which file to which peer."""
+
+    outbox_id: int
+    destination: str
+    file_path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    attempts: int
+
+
+def due_destinations(session: Session, now: datetime | None = None) -> list[str]:
+    """Destinations that have at least one pending row due now."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Outbox.destination).where(Outbox.state == OutboxState.pending, Outbox.next_attempt_at <= now)
+        .group_by(Outbox.destination)
+    ))
+
+
+def due_items(session: Session, destination: str, limit: int = 200, now: datetime | None = None) -> list[DueItem]:
+    """Pending rows of one destination that are due, oldest first."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(Outbox, Instance)
+        .join(Instance, Instance.id == Outbox.instance_pk)
+        .where(Outbox.destination == destination, Outbox.state == OutboxState.pending,
+               Outbox.next_attempt_at <= now)
+        .order_by(Outbox.next_attempt_at, Outbox.id)
+        .limit(limit)
+    ).all()
+    return [
+        DueItem(o.id, o.destination, i.file_path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, o.attempts)
+        for o, i in rows
+    ]
+
+
+def backoff_s(attempts: int, send: SendConfig) -> float:
+    """Delay before attempt `attempts + 1`: initial · 2^(attempts − 1), capped at backoff_max_s."""
+    return min(send.backoff_max_s, send.backoff_initial_s * (2 ** max(0, attempts - 1)))
+
+
+def mark_delivered(session: Session, outbox_id: int) -> None:
+    """Record a successful C-STORE."""
+    row = session.get(Outbox, outbox_id)
+    if row is not None:
+        row.state = OutboxState.delivered
+        row.attempts += 1
+        row.delivered_at = utcnow()
+        row.last_error = ""
+
+
+def mark_failed_attempt(session: Session, outbox_id: int, error: str, send: SendConfig) -> OutboxState:
+    """Record a failed attempt: schedule the next with backoff, or give up after max_attempts."""
+    row = session.get(Outbox, outbox_id)
+    if row is None:
+        return OutboxState.failed
+    row.attempts += 1
+    row.last_error = error[:2000]
+    if send.max_attempts and row.attempts >= send.max_attempts:
+        row.state = OutboxState.failed
+    else:
+        row.next_attempt_at = utcnow() + timedelta(seconds=backoff_s(row.attempts, send))
+    return row.state

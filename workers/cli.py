@@ -1,0 +1,72 @@
+"""`srnode worker`: a Celery worker process for the configured broker (Redis or embedded)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from config.loader import ConfigError, load_config
+from dicom_node.index.db import make_engine, session_factory
+from dicom_node.index.migrate import upgrade
+from workers.app import make_celery, queues_for, routed_models
+from workers.device import limit_cpu_threads, pick_device
+from workers.tasks import WorkerRuntime, register_tasks
+
+log = logging.getLogger(__name__)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker in the foreground: one model cache, one device, prefetch 1."""
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    device = pick_device(args.device or cfg.worker.device)
+    limit_cpu_threads(device)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else routed_models(cfg)
+    if not models:
+        print("no models to serve: add routing rules or pass --models", file=sys.stderr)
+        return 1
+    engine = make_engine(cfg.node.database_url)
+    upgrade(cfg.node.database_url, engine)
+    app = make_celery(cfg, models)
+    register_tasks(app, WorkerRuntime(cfg=cfg, factory=session_factory(engine), device=device))
+    queues = queues_for(models)
+    concurrency = args.concurrency or cfg.worker.concurrency
+    name = f"srnode-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
+    log.info("worker %s on %s consuming %s", name, device, ", ".join(queues))
+    argv = [
+        "worker", "--loglevel", "INFO", "-n", name, "-Q", ",".join(queues),
+        # solo: one process owns the model cache and the device; threads share them.
+        "--pool", "solo" if concurrency == 1 else "threads", "--concurrency", str(concurrency),
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--prefetch-multiplier", "1",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `srnode worker`."""
+    p = subparsers.add_parser("worker", help="run an SR worker (Celery) for the configured broker")
+    p.add_argument("--config", required=True, help="YAML configuration file")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: worker.device in the config)")
+    p.add_argument("--models", default=None, help="comma-separated models to serve (default: all routed ones)")
+    p.add_argument("--concurrency", type=int, default=None, help="tasks at once in this process")
+    p.set_defaults(func=cmd_worker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workers.cli --config FILE` (how the node starts its embedded worker)."""
+    parser = argparse.ArgumentParser(prog="srnode worker")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    args = parser.parse_args(["worker", *(argv if argv is not None else sys.argv[1:])])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""kombu's SQLAlchemy transport on a local SQLite file, consuming queues in priority order.
+
+The embedded default needs no broker server. kombu's virtual transports visit queues round-robin;
+here a worker always takes from its first non-empty queue, so `stat` queues (listed first) are
+emptied before `routine` ones. Messages a killed worker had taken are not redelivered by this
+transport: the node requeues such jobs from their rows (see dicom_node.pipeline).
+"""
+from __future__ import annotations
+
+from kombu.transport.sqlalchemy import Channel as _SQLChannel
+from kombu.transport.sqlalchemy import Transport as _SQLTransport
+from kombu.utils.scheduling import FairCycle
+
+
+class _OrderedCycle(FairCycle):
+    """Try resources in list order on every get (strict priority instead of fairness)."""
+
+    def get(self, callback, **kwargs):  # type: ignore[no-untyped-def]
+        self.pos = 0
+        return super().get(callback, **kwargs)
+
+
+def queue_rank(name: str) -> int:
+    """Sort key: stat queues first."""
+    return 0 if name.endswith(".stat") else 1
+
+
+class Channel(_SQLChannel):
+    def _reset_cycle(self) -> None:
+        self._active_queues.sort(key=queue_rank)
+        self._cycle = _OrderedCycle(self._get_and_deliver, self._active_queues, self.__class__._empty())
+
+    @staticmethod
+    def _empty() -> type[Exception]:
+        from queue import Empty
+
+        return Empty
+
+    def basic_consume(self, queue, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = super().basic_consume(queue, *args, **kwargs)
+        self._active_queues.sort(key=queue_rank)
+        return result
+
+
+class Transport(_SQLTransport):
+    Channel = Channel

@@ -1,0 +1,280 @@
+"""Run one job: source slices → model → derived objects stored, indexed and queued for sending.
+
+Idempotent and resumable: derived UIDs are deterministic, so a slice whose derived instance is
+already indexed is skipped, and rewriting one replaces the same file and row. A job is claimed
+atomically; a second delivery of the same job finds it running with a fresh heartbeat and leaves.
+"""
+from __future__ import annotations
+
+import json
+from importlib import metadata
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from tqdm import tqdm
+
+from config.schema import SRNodeConfig
+from dicom_node.derive.writer import Derivation, derive_classic, derive_enhanced, encode
+from dicom_node.index.db import session_scope
+from dicom_node.index.models import Instance, Job, JobState, Series
+from dicom_node.ingest import store_dataset
+from dicom_node.outbox.queue import enqueue
+from dicom_node.storage import resolve_in
+from sr_engine.intensity import modality_values
+from workers.model_cache import get_model
+
+log = logging.getLogger(__name__)
+
+
+class PermanentJobError(Exception):
+    """Retrying cannot help (bad source data, model mismatch): the job fails with this message."""
+
+
+def node_version() -> str:
+    """srnode's installed version (for Contributing Equipment)."""
+    try:
+        return metadata.version("srnode")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Timings:
+    """Seconds per stage, summed over slices; stored on the job row as JSON."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - t0
+
+    def to_json(self, extra: dict[str, float]) -> str:
+        return json.dumps({k: round(v, 4) for k, v in {**extra, **self.stages}.items()})
+
+
+def claim_job(factory: sessionmaker[Session], job_id: int, task_id: str, heartbeat_timeout_s: float) -> bool:
+    """Atomically take the job: queued, or running under a worker whose heartbeat went stale."""
+    stale = utcnow() - timedelta(seconds=heartbeat_timeout_s)
+    with session_scope(factory) as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .where(or_(Job.state == JobState.queued,
+                       (Job.state == JobState.running) & (or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))))
+            .values(state=JobState.running, task_id=task_id[:64], attempts=Job.attempts + 1,
+                    started_at=utcnow(), heartbeat_at=utcnow(), error="")
+        )
+        return bool(result.rowcount)
+
+
+class Heartbeat:
+    """Refresh job.heartbeat_at from a thread while the job runs (a slice can take minutes)."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: int, every_s: float) -> None:
+        self.factory, self.job_id, self.every_s = factory, job_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"srnode-heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                with session_scope(self.factory) as session:
+                    session.execute(update(Job).where(Job.id == self.job_id, Job.state == JobState.running)
+                                    .values(heartbeat_at=utcnow()))
+            except Exception:  # noqa: BLE001 - a missed beat is only a missed beat
+                log.debug("heartbeat for job #%d failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _sources(session: Session, series_pk: int) -> list[Instance]:
+    rows = list(session.scalars(select(Instance).where(Instance.series_pk == series_pk, Instance.is_image.is_(True))))
+    # Spatial order (then instance number) so progress and the enhanced object follow the stack.
+    return sorted(rows, key=lambda i: (i.slice_location is None, i.slice_location or 0.0, i.instance_number or 0, i.id))
+
+
+def _already_derived(session: Session, storage_dir: Path, sop_uid: str) -> bool:
+    inst = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+    return inst is not None and resolve_in(storage_dir, inst.file_path).exists()
+
+
+def _mapping(model, modality: str, files: list[Path]):  # type: ignore[no-untyped-def]
+    """The series' intensity mapping; a percentile mapping is computed from up to 8 spread slices."""
+    try:
+        return model.mapping(modality, None)
+    except ValueError:
+        pick = np.unique(np.linspace(0, len(files) - 1, num=min(8, len(files))).round().astype(int))
+        sample = np.stack([modality_values(dcmread(files[i])).ravel() for i in pick])
+        return model.mapping(modality, sample)
+
+
+def _set_progress(factory: sessionmaker[Session], job_id: int, done: int) -> JobState:
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.progress_done = done
+        job.heartbeat_at = utcnow()
+        return job.state
+
+
+def run_job(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, device: str, task_id: str) -> str:
+    """Process job `job_id` if it can be claimed; returns "done", "skipped" or "cancelled"."""
+    if not claim_job(factory, job_id, task_id, cfg.worker.heartbeat_timeout_s):
+        log.info("job #%d is not claimable (done, cancelled, or running elsewhere); skipping", job_id)
+        return "skipped"
+    with Heartbeat(factory, job_id, max(0.5, cfg.worker.heartbeat_timeout_s / 4)):
+        return _run_claimed(cfg, factory, job_id, device)
+
+
+def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, device: str) -> str:
+    storage_dir = Path(cfg.node.storage_dir)
+    timings = Timings()
+    with factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        series = session.get(Series, job.series_pk)
+        assert series is not None
+        sources = _sources(session, series.id)
+        destinations = [d for d in job.destinations.split(",") if d]
+        queued_s = ((job.started_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
+        model_name, sha, scale, modality = job.model, job.checkpoint_sha256, job.scale, series.modality
+        source_series_uid = series.series_uid
+    if not sources:
+        raise PermanentJobError(f"series #{job.series_pk} has no image instances")
+    if any((s.number_of_frames or 1) > 1 for s in sources):
+        raise PermanentJobError("multi-frame source instances are not supported; send single-frame slices")
+
+    with timings.measure("load_model"):
+        model = get_model(cfg, model_name, device)
+    if model.checkpoint_sha256 != sha:
+        raise PermanentJobError(
+            f"model {model_name!r} now has checkpoint sha256 {model.checkpoint_sha256[:12]}…, the job was "
+            f"routed for {sha[:12]}…; re-route the series to use the new weights"
+        )
+    if model.scale != scale:
+        raise PermanentJobError(f"model {model_name!r} is x{model.scale}, the job asks for x{scale}")
+    derivation = Derivation(
+        model=model_name, checkpoint_sha256=sha, scale=scale, node_ae=cfg.node.ae_title,
+        software_version=node_version(), series_description_prefix=cfg.output.series_description_prefix,
+        series_number_offset=cfg.output.series_number_offset, transfer_syntax=cfg.output.transfer_syntax,
+    )
+    enhanced = cfg.output.encoding == "enhanced"
+    files = [resolve_in(storage_dir, s.file_path) for s in sources]
+    with factory() as session:
+        todo = [i for i, s in enumerate(sources)
+                if enhanced or not _already_derived(session, storage_dir, derivation.sop_uid(s.sop_instance_uid))]
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.progress_total = len(sources)
+        job.progress_done = len(sources) - len(todo)
+        job.derived_series_uid = derivation.series_uid(source_series_uid)
+    mapping = _mapping(model, modality, files)
+    classic: list[Dataset] = []
+    done = len(sources) - len(todo)
+    bar = tqdm(total=len(sources), initial=done, desc=f"job #{job_id} {model_name}", unit="slice", leave=False)
+    for chunk in _chunks(todo, files, cfg.worker.batch_size):
+        with timings.measure("read"):
+            datasets = [dcmread(files[i]) for i in chunk]
+            values = np.stack([modality_values(ds) for ds in datasets]).astype(np.float32)
+        with timings.measure("infer"):
+            upscaled = model.upscale(values, mapping)
+        with timings.measure("write"):
+            for ds, up in zip(datasets, upscaled):
+                derived = derive_classic(ds, np.asarray(up), derivation)
+                if enhanced:
+                    classic.append(derived)
+                    continue
+                _store_and_queue(factory, storage_dir, encode(derived, derivation.transfer_syntax), job_id,
+                                 destinations, cfg.node.ae_title)
+        done += len(chunk)
+        bar.update(len(chunk))
+        if _set_progress(factory, job_id, done) == JobState.cancelled:
+            bar.close()
+            log.info("job #%d cancelled at %d of %d slices", job_id, done, len(sources))
+            return "cancelled"
+    bar.close()
+    if enhanced:
+        with timings.measure("write"):
+            obj = derive_enhanced(classic, source_series_uid, derivation)
+            _store_and_queue(factory, storage_dir, obj, job_id, destinations, cfg.node.ae_title)
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        if job.state == JobState.cancelled:
+            return "cancelled"
+        job.state = JobState.done
+        job.finished_at = utcnow()
+        job.error = ""
+        job.timings = timings.to_json({"queue": queued_s})
+    log.info("job #%d done: %d slices with %s x%d (%s)", job_id, len(sources), model_name, scale, timings.to_json({}))
+    return "done"
+
+
+def _chunks(todo: list[int], files: list[Path], size: int) -> Iterator[list[int]]:
+    # Consecutive slices in batches; the model stacks them, so a batch never mixes shapes.
+    shapes: dict[int, tuple[int, int]] = {}
+    batch: list[int] = []
+    for i in todo:
+        ds = dcmread(files[i], stop_before_pixels=True)
+        shapes[i] = (int(ds.Rows), int(ds.Columns))
+        if batch and (len(batch) >= size or shapes[batch[0]] != shapes[i]):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _store_and_queue(factory: sessionmaker[Session], storage_dir: Path, ds: Dataset, job_id: int,
+                     destinations: list[str], node_ae: str) -> None:
+    # Stored and indexed locally first (for C-MOVE), then one outbox row per destination.
+    result = store_dataset(factory, storage_dir, ds, sender_ae=node_ae, derived_from_job=job_id)
+    if destinations:
+        with session_scope(factory) as session:
+            enqueue(session, [result.instance_pk], destinations, job_pk=job_id)
+
+
+def fail_job(factory: sessionmaker[Session], job_id: int, error: str) -> None:
+    """Mark the job failed for good, with the reason a user needs."""
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.state not in (JobState.done, JobState.cancelled):
+            job.state = JobState.failed
+            job.error = error[:4000]
+            job.finished_at = utcnow()
+
+
+def requeue_job(factory: sessionmaker[Session], job_id: int, error: str) -> None:
+    """Put a job back to queued after a transient error (the task retries it)."""
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.state == JobState.running:
+            job.state = JobState.queued
+            job.error = error[:4000]
+            job.heartbeat_at = None
