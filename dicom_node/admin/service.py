@@ -31,7 +31,12 @@ class AdminService:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"admin API cannot listen on {self.host}:{self.port} "
+                          f"(admin.host/admin.port): {exc.strerror}") from None
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
@@ -56,23 +61,20 @@ class AdminService:
 
 
 def make_service(node: Any) -> AdminService | None:
-    """The admin service for a NodeServer (None when admin.enabled is false)."""
+    """The admin service for a NodeServer (None when admin.enabled is false or no token is set).
+
+    Retried jobs need no call into the pipeline: a queued Job row without a task id is what the
+    pipeline's Dispatcher polls for and sends to the workers.
+    """
     from config.live import LiveConfig
     from dicom_node.admin.app import create_app
 
     cfg = node.cfg
     if not cfg.admin.enabled:
         return None
-    live = getattr(node, "live", None) or LiveConfig(cfg, node.session_factory)
-    enqueue = _pipeline_enqueue(node)
-    return AdminService(create_app(live, node.session_factory, enqueue_job=enqueue), cfg.admin.host, cfg.admin.port)
-
-
-def _pipeline_enqueue(node: Any) -> Any:
-    # The pipeline's public "hand a queued job row to the workers" function, when it exists.
-    try:
-        from dicom_node import pipeline
-    except ImportError:
+    if not cfg.admin.tokens:
+        # Nobody could sign in; and nodes started by tests must not all fight for port 8080.
+        log.info("admin API not started: admin.tokens is empty")
         return None
-    fn = getattr(pipeline, "enqueue_job", None)
-    return fn
+    live = getattr(node, "live", None) or LiveConfig(cfg, node.session_factory)
+    return AdminService(create_app(live, node.session_factory), cfg.admin.host, cfg.admin.port)

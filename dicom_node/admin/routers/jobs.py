@@ -96,7 +96,8 @@ def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], ne
         before = job.state.value
         job.state = new
         if new is JobState.queued:
-            job.error, job.progress_done, job.started_at, job.finished_at = "", 0, None, None
+            # A queued job without a task id is what the pipeline's Dispatcher sends to the workers.
+            job.error, job.task_id, job.heartbeat_at, job.finished_at = "", "", None, None
         else:
             job.finished_at = utcnow()
         session.add(Audit(actor=who.actor, action=f"job.{action}", detail=f"job {job_id}: {before} -> {new.value}"))
@@ -107,7 +108,10 @@ def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], ne
 
 @router.post("/jobs/{job_id}/retry")
 def retry_job(job_id: int, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
-    """Set a failed or cancelled job back to queued and hand it to the pipeline again."""
+    """Set a failed or cancelled job back to queued; the pipeline's dispatcher sends it to a worker.
+
+    Slices already derived are kept (the worker resumes), so progress is not reset.
+    """
     view = _transition(request, job_id, RETRYABLE, JobState.queued, who, "retry")
     enqueue = ctx_of(request).enqueue_job
     view["enqueued"] = False
