@@ -27,6 +27,7 @@ from config.schema import SRNodeConfig
 HANDLER_MODULES: list[str] = [
     "dicom_node.handlers.association",  # calling-AE and free-disk checks on A-ASSOCIATE-RQ
     "dicom_node.handlers.echo",  # C-ECHO
+    "dicom_node.qr.handlers",  # C-FIND/C-MOVE/C-GET; before store: its storage contexts allow the C-GET role
     "dicom_node.handlers.store",  # C-STORE, all storage SOP classes
 ]
 

@@ -98,12 +98,6 @@ def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]
 # --- a running node with the real CT stored through it -------------------------------------------
 SCU_AE = "QRSCU"
 NODE_AE = "SRNODE"
-QR_HANDLER_MODULES = [
-    "dicom_node.handlers.association",
-    "dicom_node.handlers.echo",
-    "dicom_node.qr.handlers",  # before store: its storage contexts carry the C-GET roles
-    "dicom_node.handlers.store",
-]
 
 
 @dataclass
@@ -140,7 +134,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, ct_dirs: list[Path]) -> Itera
     tmp = tmp_path_factory.mktemp("qrnode")
     port, scu_port, slow_port, orthanc_port = (free_port() for _ in range(4))
     server = NodeServer(node_config(tmp, port, scu_port, slow_port, orthanc_port),
-                        handler_modules=QR_HANDLER_MODULES, service_modules=[])
+                        service_modules=[])  # the production handler registry, no extra services
     server.start()
     try:
         series, studies, sops = {}, {}, {}
