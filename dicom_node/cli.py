@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "training.cli",  # train, export-model, compare
     "workers.cli",  # worker
     "dicom_node.demo",  # demo
+    "dicom_node.admin.commands",  # db upgrade
 ]
 
 
