@@ -25,7 +25,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     device = pick_device(args.device or cfg.worker.device)
-    limit_cpu_threads(device)
+    limit_cpu_threads(device, args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else routed_models(cfg)
     if not models:
         print("no models to serve: add routing rules or pass --models", file=sys.stderr)
@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: worker.device in the config)")
     p.add_argument("--models", default=None, help="comma-separated models to serve (default: all routed ones)")
     p.add_argument("--concurrency", type=int, default=None, help="tasks at once in this process")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores − 1)")
     p.set_defaults(func=cmd_worker)
 
 

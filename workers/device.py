@@ -18,4 +18,4 @@ def pick_device(requested: str = "auto") -> str:
 def limit_cpu_threads(device: str, threads: int | None = None) -> None:
     """On CPU keep torch to a few threads so the node's own threads are not starved."""
     if device == "cpu":
-        torch.set_num_threads(threads or int(os.environ.get("SRNODE_TORCH_THREADS", "0") or 0) or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))

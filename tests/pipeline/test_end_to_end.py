@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -48,9 +47,8 @@ def test_embedded_default(tmp_path: Path, orthanc: Orthanc, node_port: int, ct_s
 
 
 def start_worker(config_file: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "SRNODE_TORCH_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "worker", "--config", str(config_file)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "worker", "--config", str(config_file),
+                             "--threads", "1"], stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
