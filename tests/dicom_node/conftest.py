@@ -95,10 +95,12 @@ def node_config(tmp_path: Path, database_url: str, **node: Any) -> SRNodeConfig:
 
 @pytest.fixture
 def start_node() -> Iterator[Callable[..., NodeServer]]:
-    """Start NodeServers in-process; all are stopped at teardown."""
+    """Start NodeServers in-process (the foundation alone: no pipeline/admin services unless
+    `service_modules` is given); all are stopped at teardown."""
     nodes: list[NodeServer] = []
 
     def _start(cfg: SRNodeConfig, **kwargs: Any) -> NodeServer:
+        kwargs.setdefault("service_modules", [])
         node = NodeServer(cfg, **kwargs)
         node.start()
         nodes.append(node)
