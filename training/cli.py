@@ -24,6 +24,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "steps": args.steps, "batch_size": args.batch, "lr": args.lr, "hr_patch": args.hr_patch,
             "val_every": args.val_every, "ckpt_every": args.ckpt_every, "log_every": args.log_every,
             "ema_decay": args.ema_decay, "seed": args.seed,
+            "trainable": args.trainable,
             "blind": {"on": True, "off": False}.get(args.degradations),
         }
         for item in args.set or []:
@@ -39,7 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         modality=args.modality, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         device=args.device, amp=args.amp, num_workers=args.workers, val_slices=args.val_slices,
         val_crop=None if args.val_crop == 0 else args.val_crop, split_by=args.split_by,
-        threads=args.threads, progress=not args.no_progress,
+        threads=args.threads, progress=not args.no_progress, stop_after=args.stop_after,
     )
     result = train(preset, cfg)
     print(json.dumps({"out": str(result.out), "step": result.step, "best": result.best,
@@ -82,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--degradations", choices=["preset", "on", "off"], default="preset",
                    help="blur/noise/JPEG-like degradations before/after bicubic (blind models)")
+    p.add_argument("--trainable", help="regex on parameter names to train (default: all)")
     p.add_argument("--set", action="append", metavar="KEY=JSON", help="override any preset field")
     p.add_argument("--modality", default="CT")
     p.add_argument("--split-by", choices=["patient", "series"], default="patient")
@@ -92,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--val-slices", type=int, default=8)
     p.add_argument("--val-crop", type=int, default=256, help="centre crop for validation (0: whole slice)")
+    p.add_argument("--stop-after", type=int, help="checkpoint and stop at this step (resume later)")
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt and start over")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -60,6 +61,8 @@ class RunConfig:
     split_by: str = "patient"
     threads: int | None = None
     progress: bool = True
+    # Stop (with a checkpoint) after this global step, as a time-boxed job would; --resume continues.
+    stop_after: int | None = None
 
 
 @dataclass
@@ -104,6 +107,22 @@ def build_model(preset: Preset, init: Path | None) -> nn.Module:
         # The checkpoint decides the exact shape (e.g. 6-block RRDBNet for anime_6B).
         return load_checkpoint(init, expected_arch=preset.arch).model.train()
     return create_model(preset.arch, scale=preset.scale, **preset.arch_overrides).train()
+
+
+def select_trainable(model: nn.Module, pattern: str) -> list[nn.Parameter]:
+    """Freeze parameters whose names don't match `pattern` (all train when it is empty)."""
+    if not pattern:
+        return list(model.parameters())
+    rx = re.compile(pattern)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(rx.match(name)))
+        if p.requires_grad:
+            params.append(p)
+    if not params:
+        raise ValueError(f"trainable pattern {pattern!r} matches no parameter "
+                         f"(names look like {next(iter(dict(model.named_parameters())))!r})")
+    return params
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -221,7 +240,11 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
 
     model = build_model(preset, cfg.init).to(info.device)
     ema = EMA(model, preset.ema_decay)
-    optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr, betas=preset.betas,
+    params = select_trainable(model, preset.trainable)
+    if info.is_main:
+        log.info("training %d of %d parameters", sum(p.numel() for p in params),
+                 sum(p.numel() for p in model.parameters()))
+    optimizer = torch.optim.Adam(params, lr=preset.lr, betas=preset.betas,
                                  weight_decay=preset.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, preset.scaled_milestones(),
                                                      gamma=preset.gamma)
@@ -304,7 +327,7 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
         scaler.scale(loss).backward()
         if preset.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, preset.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -321,12 +344,16 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
             window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
         if step % preset.val_every == 0 or step == preset.steps:
             validate(step)
-        if step % preset.ckpt_every == 0 or step == preset.steps:
+        stopping = cfg.stop_after is not None and step >= cfg.stop_after
+        if step % preset.ckpt_every == 0 or step == preset.steps or stopping:
             checkpoint(step)
+        if stopping:
+            break
     bar.close()
-    if info.is_main and step == preset.steps and not last_path.exists():
-        checkpoint(step)  # a run resumed at its final step still leaves last.pt
-    if info.is_main:
+    if info.is_main and step >= preset.steps:
+        if not last_path.exists():
+            checkpoint(step)
+        # The EMA weights of the finished run, in the plain layout the engine loads.
         _save_weights(ema.module, out / "final_ema.pt")
     logger.close()
     barrier(info)

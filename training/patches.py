@@ -53,7 +53,7 @@ class PatchPairs(Dataset):
             z = int(rng.integers(vol.shape[0]))
             y = int(rng.integers(vol.shape[1] - p + 1))
             x = int(rng.integers(vol.shape[2] - p + 1))
-            values = np.asarray(vol[z, y:y + p, x:x + p], dtype=np.float32)
+            values = np.array(vol[z, y:y + p, x:x + p], dtype=np.float32)  # a writable copy
             if float(self.mapping.to_unit(values).std()) >= _MIN_STD:
                 break
         return values

@@ -32,6 +32,9 @@ class Preset:
     gan_weight: float = 0.0
     blind: bool = False  # add blur/noise/JPEG-like degradations (BSRGAN / Real-ESRGAN style)
     grad_clip: float = 0.0
+    # Regular expression (re.match) on parameter names: only those train; "" trains everything.
+    # Partial fine-tuning (e.g. the last blocks and the upsampler) is what fits on a CPU.
+    trainable: str = ""
     val_every: int = 5_000
     ckpt_every: int = 5_000
     log_every: int = 100

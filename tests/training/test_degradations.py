@@ -1,0 +1,37 @@
+"""The optional blind degradations: float in, float out, statistics as configured."""
+from __future__ import annotations
+
+import numpy as np
+
+from training.degradations import BLIND, DegradationConfig, blur, gaussian_kernel, jpeg_like, post_downsample
+
+
+def test_kernel_and_blur_preserve_mean_and_smooth() -> None:
+    k = gaussian_kernel(2.0, 1.0, 0.3)
+    assert abs(float(k.sum()) - 1) < 1e-5
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 64)).astype(np.float32)
+    out = blur(img, k)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert abs(out.mean() - img.mean()) < 0.01 and out.std() < img.std() / 2
+    flat = np.full((40, 40), 0.3, np.float32)
+    np.testing.assert_allclose(blur(flat, k), flat, atol=1e-5)
+
+
+def test_jpeg_like_is_float_and_lossy_with_quality() -> None:
+    rng = np.random.default_rng(1)
+    img = np.clip(np.cumsum(rng.normal(0, 0.02, (37, 45)), axis=1) + 0.5, 0, 1).astype(np.float32)
+    hi, lo = jpeg_like(img, 95), jpeg_like(img, 10)
+    assert hi.dtype == np.float32 and hi.shape == img.shape
+    assert np.abs(hi - img).mean() < np.abs(lo - img).mean()
+    assert len(np.unique(lo)) > 256  # not an 8-bit image
+
+
+def test_post_downsample_off_is_identity_and_blind_adds_noise() -> None:
+    img = np.full((32, 32), 0.4, np.float32)
+    rng = np.random.default_rng(2)
+    np.testing.assert_array_equal(post_downsample(img, DegradationConfig(), rng), img)
+    noisy = DegradationConfig(gaussian_noise_prob=1.0, gaussian_sigma=(0.05, 0.05))
+    out = post_downsample(img, noisy, rng)
+    assert 0.04 < float(out.std()) < 0.06
+    assert BLIND.enabled and not DegradationConfig().enabled

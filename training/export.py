@@ -1,0 +1,183 @@
+"""Export a training run for the node: weights the engine loads, a model card, a registry entry.
+
+The weights are a flat state dict (torch.save, loadable with weights_only=True) that
+sr_engine.archs.load_checkpoint detects; fp16 storage halves the size and loads back into the
+float32 model. The registry entry is a `models:` item of the node's YAML, validated against
+config.schema.ModelEntry before it is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from config.loader import parse_config
+from config.schema import IntensityConfig, ModelEntry
+from sr_engine.archs import file_sha256, load_checkpoint
+
+_CARD_JSON = "model_card.json"
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], dest: Path, fp16: bool = False) -> Path:
+    """Write a state dict atomically, optionally with floating tensors stored as fp16."""
+    if fp16:
+        state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    torch.save(state_dict, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+def registry_entry(arch: str, weights: Path, sha256: str, scale: int, low: float, high: float,
+                   description: str) -> ModelEntry:
+    """The node config's `models:` entry for an exported checkpoint (validated)."""
+    return ModelEntry(arch=arch, weights=weights, sha256=sha256, scale=scale,
+                      intensity=IntensityConfig(mode="fixed", low=low, high=high),
+                      description=description)
+
+
+def add_model_entry(config_path: Path, name: str, entry: ModelEntry) -> None:
+    """Add or replace `models.<name>` in a node YAML, validating the whole file first.
+
+    PyYAML does not keep comments: the file is rewritten without them.
+    """
+    data: dict[str, Any] = {}
+    if config_path.exists():
+        data = yaml.safe_load(config_path.read_text()) or {}
+    models = data.setdefault("models", {}) or {}
+    models[name] = json.loads(entry.model_dump_json(exclude_none=True))
+    data["models"] = models
+    parse_config(data)  # raises ConfigError naming the key if the result is invalid
+    tmp = config_path.with_name(f".{config_path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, config_path)
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    m = card["metrics"]
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        f"- architecture: {card['arch']} (spandrel {card['spandrel_arch']}), x{card['scale']}, "
+        f"{card['parameters']:,} parameters",
+        f"- weights: `{card['weights']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`",
+        f"- initialised from: {card['init'] or 'scratch'}"
+        + (f" (sha256 `{card['init_sha256']}`)" if card.get("init_sha256") else ""),
+        f"- trained steps: {card['steps']} (batch {card['preset']['batch_size']}, HR patch "
+        f"{card['preset']['hr_patch']}, Adam peak LR {card['preset']['lr']}, MultiStepLR gamma "
+        f"{card['preset']['gamma']} at {card['milestones']}, EMA {card['preset']['ema_decay']}, "
+        f"L1 loss, degradations: {'blind (blur/noise/JPEG-like)' if card['preset']['blind'] else 'bicubic x4 only'})",
+        f"- intensity mapping: {card['intensity']['mode']} [{card['intensity']['low']}, "
+        f"{card['intensity']['high']}] {card['modality_units']} → [0, 1] (sr_engine.intensity)",
+        f"- exported: {card['exported']}",
+        "",
+        "## Data",
+        "",
+        f"Training: {card['data']['train_slices']} slices from {len(card['data']['train_series'])} "
+        f"series ({card['data']['train_patients']} patients). Validation: "
+        f"{card['data']['val_slices']} slices from {len(card['data']['val_series'])} series.",
+        "",
+        "| split | series key | modality | size | slices | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split in ("train", "val"):
+        for s in card["data"][f"{split}_series"]:
+            lines.append(f"| {split} | {s['series_key']} | {s['modality']} | {s['rows']}x{s['columns']} "
+                         f"| {s['slices']} | {s['description']} |")
+    lines += ["", "## Metrics (PSNR dB / SSIM on HU clipped to [-1024, 3071], `srnode evaluate` protocol)", ""]
+    lines.append("| set | bicubic | this model |")
+    lines.append("|---|---|---|")
+    for key, label in (("val", "validation (during training, final weights)"), ("test", "test (never seen)")):
+        if m.get(key):
+            b, v = m[key]["bicubic"], m[key]["model"]
+            lines.append(f"| {label} | {b['psnr']:.2f} / {b['ssim']:.4f} | {v['psnr']:.2f} / {v['ssim']:.4f} |")
+    if card.get("attribution"):
+        lines += ["", "## Data attribution", "", card["attribution"].strip()]
+    lines += ["", "## Node registry entry", "", "```yaml", card["registry_yaml"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _test_metrics(descriptor_model: torch.nn.Module, test_data: Sequence[Path], scale: int,
+                  run_meta: dict[str, Any], cache_dir: Path, max_slices: int = 0,
+                  crop: int | None = None) -> dict[str, Any]:
+    from sr_engine.intensity import IntensityMapping
+    from training.dataset_index import index_dicom_trees
+    from training.slice_cache import build_cache
+    from training.validation import evaluate_model, make_val_set
+
+    recs = index_dicom_trees(test_data, modalities=[run_meta["data"]["modality"]])
+    mapping = IntensityMapping(run_meta["intensity"]["low"], run_meta["intensity"]["high"])
+    vs = make_val_set(build_cache(recs, cache_dir, progress=False), max_slices=max_slices or 10**9,
+                      crop=crop, scale=scale)
+    return {"bicubic": evaluate_model(None, vs, mapping, scale),
+            "model": evaluate_model(descriptor_model, vs, mapping, scale), "slices": vs.n}
+
+
+def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp16: bool = False,
+               register: str | Path | None = None, test_data: Sequence[Path] = (),
+               attribution: str = "", test_max_slices: int = 0,
+               test_crop: int | None = None) -> dict[str, Any]:
+    """Export `run`'s EMA weights to `dest` with a model card; optionally register in a YAML."""
+    run, dest = Path(run), Path(dest)
+    meta = json.loads((run / "run.json").read_text())
+    src = run / f"{weights}.pt"
+    if not src.exists():
+        raise FileNotFoundError(f"{src} not found: is the run finished?")
+    state = load_training_state_weights(src)
+    out = save_weights(state, dest / f"{name}.pth", fp16=fp16)
+    sha = file_sha256(out)
+    preset = meta["preset"]
+    # Round trip through the engine's strict loader: what we ship is what the node can load.
+    descriptor = load_checkpoint(out, expected_arch=preset["arch"], sha256=sha)
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=False) \
+        if (run / "last.pt").exists() else {}
+    from training.presets import Preset
+    milestones = Preset(**{**preset, "milestones": tuple(preset["milestones"]),
+                           "betas": tuple(preset["betas"])}).scaled_milestones()
+    metrics: dict[str, Any] = {}
+    if last.get("last_val") and last.get("baseline"):
+        metrics["val"] = {"bicubic": last["baseline"], "model": last["last_val"], "best": last.get("best")}
+    if test_data:
+        metrics["test"] = _test_metrics(descriptor.model, test_data, descriptor.scale, meta,
+                                        dest / ".test_cache", test_max_slices, test_crop)
+    entry = registry_entry(preset["arch"], out.resolve(), sha, descriptor.scale,
+                           meta["intensity"]["low"], meta["intensity"]["high"],
+                           f"{name}: {preset['arch']} fine-tuned on {meta['data']['modality']} "
+                           f"({last.get('step', preset['steps'])} steps)")
+    reg_yaml = yaml.safe_dump({"models": {name: json.loads(entry.model_dump_json(exclude_none=True))
+                                          | {"weights": f"{out.name}"}}}, sort_keys=False)
+    card = {
+        "name": name, "arch": preset["arch"], "spandrel_arch": str(descriptor.architecture.id),
+        "scale": descriptor.scale,
+        "parameters": sum(p.numel() for p in descriptor.model.parameters()),
+        "weights": out.name, "weights_dtype": "float16" if fp16 else "float32", "sha256": sha,
+        "init": Path(meta["init"]).name if meta.get("init") else None,
+        "init_sha256": file_sha256(meta["init"]) if meta.get("init") and Path(meta["init"]).exists() else None,
+        "steps": int(last.get("step", preset["steps"])), "preset": preset, "milestones": milestones,
+        "intensity": {"mode": "fixed", "low": meta["intensity"]["low"], "high": meta["intensity"]["high"]},
+        "modality_units": "HU" if meta["data"]["modality"] == "CT" else "modality units",
+        "data": meta["data"], "metrics": metrics, "amp": meta.get("amp"),
+        "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "attribution": attribution, "registry_yaml": reg_yaml,
+    }
+    (dest / _CARD_JSON).write_text(json.dumps(card, indent=1, default=str))
+    (dest / "MODEL_CARD.md").write_text(_card_markdown(card))
+    (dest / "registry.yaml").write_text(reg_yaml)
+    if register:
+        add_model_entry(Path(register), name, entry)
+    return card
+
+
+def load_training_state_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The plain state dict of an exported-weights file written by the training loop."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a plain state dict")
+    return obj
