@@ -1,7 +1,9 @@
 """Fixtures for the admin API tests: a migrated SQLite index, a LiveConfig over it, the app."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,35 @@ def base_config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, uniquely named PostgreSQL database (dropped afterwards); yields its URL."""
+    from sqlalchemy import text
+
+    name = f"srnode_admin_{uuid.uuid4().hex[:12]}"
+    server = make_engine(f"{PG_SERVER}/test").execution_options(isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with server.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+
+
 @pytest.fixture()
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'index.db'}"
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """The index database of a test: SQLite here; test modules may parametrize it (PostgreSQL)."""
+    yield f"sqlite:///{tmp_path / 'index.db'}"
+
+
+@pytest.fixture()
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    url = database_url
     engine = make_engine(url)
     upgrade(url, engine=engine)
     yield session_factory(engine)

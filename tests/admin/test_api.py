@@ -1,6 +1,10 @@
-"""Admin API over a real (SQLite, migrated) index: auth, validation, audit, jobs, routing live."""
+"""Admin API over a real, migrated index (SQLite and PostgreSQL): auth, validation, audit, jobs, routing."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -8,7 +12,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.live import LiveConfig
 from dicom_node.index.models import Audit, Job, JobState, Patient, Series, Study
 from dicom_node.routing import SeriesFacts, select_rule
-from tests.admin.conftest import ADMIN, READ, READER, auth
+from tests.admin.conftest import ADMIN, READ, READER, auth, postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every API test runs on SQLite and on PostgreSQL (own database per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.db'}"
+        return
+    with postgres_database() as url:
+        yield url
 
 
 def test_no_token_is_401(client: TestClient) -> None:
