@@ -1,85 +1,89 @@
-"""Prometheus metric objects for the whole node; other modules import these and update them.
+"""Prometheus metrics of the node: the metric objects other modules update, and scrape-time values.
 
-One registry (`REGISTRY`) so /metrics shows exactly srnode's series, not the process defaults of
-whatever else is imported. Values that are cheap to read at scrape time (queue depth from the
-index, disk free, GPU memory) are collected then by `SnapshotCollector`, so they are never stale.
-Labels never carry patient data: only modality, AE titles of configured peers, queue and stage names.
+One registry (`REGISTRY`) so /metrics shows exactly srnode's series. Two kinds of values:
+
+- counters updated in the node process where the event happens (instances received,
+  associations) — other modules import the objects below and call `.inc()`;
+- values read at scrape time by `SnapshotCollector` from their source of truth: queue depth, job
+  stage durations, jobs per state and send retries from the index (so they include work done by
+  worker processes on other hosts and survive restarts), active associations from the listener,
+  disk free from the file system, GPU memory from torch in this process.
+
+Labels never carry patient data: only modality, peer keys, queue, stage and state names.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 INSTANCES_RECEIVED = Counter(
     "srnode_instances_received",
-    "Instances received by C-STORE and acknowledged with success",
-    ["modality"],
+    "Instances received by C-STORE and acknowledged with success, by kind (image, other)",
+    ["kind"],
     registry=REGISTRY,
 )
 ASSOCIATIONS = Counter(
     "srnode_associations",
-    "DICOM associations requested of the node, by outcome (accepted, rejected)",
+    "Association requests by the node's own checks' outcome (accepted, rejected_unknown_ae, rejected_disk)",
     ["outcome"],
     registry=REGISTRY,
 )
-ASSOCIATIONS_ACTIVE = Gauge(
-    "srnode_associations_active", "DICOM associations open right now", registry=REGISTRY
-)
-JOB_STAGE_SECONDS = Histogram(
-    "srnode_job_stage_seconds",
-    "Seconds a job spent per pipeline stage (load, infer, write, send...)",
-    ["stage"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
-    registry=REGISTRY,
-)
-JOBS_FINISHED = Counter(
-    "srnode_jobs_finished", "Jobs that reached a final state", ["state"], registry=REGISTRY
-)
-SEND_RETRIES = Counter(
-    "srnode_send_retries",
-    "Outbox deliveries that failed and were rescheduled, by destination peer key",
-    ["destination"],
-    registry=REGISTRY,
-)
+
+# Upper bounds (seconds) of the stage-duration histogram.
+STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
-def observe_stage_timings(timings: dict[str, float]) -> None:
-    """Record a job's per-stage seconds (the same dict the worker stores in Job.timings)."""
-    for stage, seconds in timings.items():
-        if isinstance(seconds, (int, float)) and seconds >= 0:
-            JOB_STAGE_SECONDS.labels(stage=stage).observe(float(seconds))
+@dataclass
+class IndexSnapshot:
+    """What the index says at scrape time (filled by whoever owns the database session)."""
+
+    queue_depth: dict[str, int] = field(default_factory=dict)  # queue -> waiting items
+    jobs_by_state: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, list[float]] = field(default_factory=dict)  # stage -> durations of finished jobs
+    send_retries: dict[str, int] = field(default_factory=dict)  # destination -> failed attempts
 
 
-QueueDepthSource = Callable[[], dict[str, int]]
+def _histogram(name: str, doc: str, label: str, samples: dict[str, list[float]]) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(name, doc, labels=[label])
+    for key, values in sorted(samples.items()):
+        buckets = [(str(b), sum(1 for v in values if v <= b)) for b in STAGE_BUCKETS]
+        buckets.append(("+Inf", len(values)))
+        fam.add_metric([key], buckets, sum_value=float(sum(values)))
+    return fam
 
 
 class SnapshotCollector(Collector):
-    """Values read at scrape time: queue depth per queue, disk free, GPU memory."""
+    """Values read at scrape time from the index, the listener, the disk and torch."""
 
     def __init__(self) -> None:
-        self.queue_depth: QueueDepthSource | None = None
+        self.index: Callable[[], IndexSnapshot] | None = None
+        self.active_associations: Callable[[], int] | None = None
         self.disk_paths: dict[str, Path] = {}
 
     def collect(self) -> Iterable[Metric]:
-        if self.queue_depth is not None:
-            depth = GaugeMetricFamily(
-                "srnode_queue_depth", "Items waiting per queue (jobs by priority, outbox by destination)",
-                labels=["queue"],
-            )
+        if self.index is not None:
             try:
-                for queue, n in sorted(self.queue_depth().items()):
-                    depth.add_metric([queue], n)
-            except Exception:  # noqa: BLE001 - a scrape must not fail because the DB blinked
-                pass
-            yield depth
+                snap = self.index()
+            except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the DB blinked
+                log.warning("metrics: index not readable at scrape: %s", exc)
+                snap = None
+            if snap is not None:
+                yield from _index_metrics(snap)
+        if self.active_associations is not None:
+            yield GaugeMetricFamily("srnode_associations_active", "DICOM associations open right now",
+                                    value=self.active_associations())
         if self.disk_paths:
             free = GaugeMetricFamily("srnode_disk_free_bytes", "Free bytes on the volume", labels=["volume"])
             for name, path in sorted(self.disk_paths.items()):
@@ -91,17 +95,37 @@ class SnapshotCollector(Collector):
         yield from _gpu_memory()
 
 
+def _index_metrics(snap: IndexSnapshot) -> Iterable[Metric]:
+    depth = GaugeMetricFamily("srnode_queue_depth", "Items waiting per queue (jobs by priority, outbox by destination)",
+                              labels=["queue"])
+    for queue, n in sorted(snap.queue_depth.items()):
+        depth.add_metric([queue], n)
+    yield depth
+    jobs = GaugeMetricFamily("srnode_jobs", "Jobs in the index per state", labels=["state"])
+    for state, n in sorted(snap.jobs_by_state.items()):
+        jobs.add_metric([state], n)
+    yield jobs
+    yield _histogram("srnode_job_stage_seconds", "Seconds finished jobs spent per pipeline stage", "stage",
+                     snap.stage_seconds)
+    retries = CounterMetricFamily("srnode_send_retries", "Failed C-STORE delivery attempts (each is retried "
+                                  "until send.max_attempts), by destination peer key", labels=["destination"])
+    for dest, n in sorted(snap.send_retries.items()):
+        retries.add_metric([dest], n)
+    yield retries
+
+
 def _gpu_memory() -> Iterable[Metric]:
     # Only when torch is already loaded in this process: a scrape must not pull in CUDA.
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         return
-    fam = GaugeMetricFamily(
-        "srnode_gpu_memory_bytes", "CUDA memory held by this process", labels=["device", "kind"]
-    )
+    fam = GaugeMetricFamily("srnode_gpu_memory_bytes", "CUDA memory of this process", labels=["device", "kind"])
     for i in range(torch.cuda.device_count()):
         fam.add_metric([f"cuda:{i}", "allocated"], torch.cuda.memory_allocated(i))
         fam.add_metric([f"cuda:{i}", "reserved"], torch.cuda.memory_reserved(i))
+        free, total = torch.cuda.mem_get_info(i)
+        fam.add_metric([f"cuda:{i}", "device_used"], total - free)
+        fam.add_metric([f"cuda:{i}", "device_total"], total)
     yield fam
 
 
@@ -112,3 +136,9 @@ REGISTRY.register(SNAPSHOT)
 def render() -> bytes:
     """The registry in Prometheus text format."""
     return generate_latest(REGISTRY)
+
+
+def serve_http(port: int, host: str = "0.0.0.0") -> None:
+    """Expose this process's metrics (e.g. a GPU worker's memory) on http://host:port/metrics."""
+    start_http_server(port, addr=host, registry=REGISTRY)
+    log.info("metrics on http://%s:%d/metrics", host, port)

@@ -67,6 +67,7 @@ def make_service(node: Any) -> AdminService | None:
     pipeline's Dispatcher polls for and sends to the workers.
     """
     from config.live import LiveConfig
+    from dicom_node import metrics
     from dicom_node.admin.app import create_app
 
     cfg = node.cfg
@@ -77,4 +78,5 @@ def make_service(node: Any) -> AdminService | None:
         log.info("admin API not started: admin.tokens is empty")
         return None
     live = getattr(node, "live", None) or LiveConfig(cfg, node.session_factory)
+    metrics.SNAPSHOT.active_associations = node.active_associations
     return AdminService(create_app(live, node.session_factory), cfg.admin.host, cfg.admin.port)

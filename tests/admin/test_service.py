@@ -63,6 +63,7 @@ def test_probes_metrics_and_console_over_http(node: NodeServer) -> None:
         text = http.get("/metrics").text
         assert 'srnode_disk_free_bytes{volume="storage"}' in text
         assert 'srnode_queue_depth{queue="jobs.routine"} 0.0' in text
+        assert "srnode_associations_active 0.0" in text
         page = http.get("/")
         assert page.status_code == 200 and "srnode console" in page.text
         assert http.get("/app.js").headers["content-type"].startswith(("text/javascript", "application/javascript"))

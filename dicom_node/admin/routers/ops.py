@@ -17,19 +17,19 @@ from sqlalchemy import text
 
 from dicom_node import metrics
 from dicom_node.admin.context import AdminContext, ctx_of
-from dicom_node.admin.routers.stats import queue_depths
+from dicom_node.admin.routers.stats import index_snapshot
 
 router = APIRouter(tags=["operations"])
 
 
 def install_snapshot_sources(ctx: AdminContext) -> None:
-    """Point the scrape-time metrics (queue depth, disk free) at this node's index and storage."""
+    """Point the scrape-time metrics at this node's index and storage."""
 
-    def depth() -> dict[str, int]:
+    def snapshot() -> metrics.IndexSnapshot:
         with ctx.sessions() as session:
-            return queue_depths(session)
+            return index_snapshot(session)
 
-    metrics.SNAPSHOT.queue_depth = depth
+    metrics.SNAPSHOT.index = snapshot
     metrics.SNAPSHOT.disk_paths = {"storage": _existing(Path(ctx.live.base.node.storage_dir))}
 
 

@@ -1,15 +1,17 @@
 """Dashboard numbers: queue, throughput, failures."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from dicom_node.admin.auth import Principal, require_read
 from dicom_node.admin.context import ctx_of
 from dicom_node.index.models import Instance, Job, JobState, Outbox, OutboxState, Series, utcnow
+from dicom_node.metrics import IndexSnapshot
 
 router = APIRouter(tags=["dashboard"])
 
@@ -26,6 +28,29 @@ def queue_depths(session: Any) -> dict[str, int]:
     ):
         depth[f"outbox.{dest}"] = n
     return depth
+
+
+def index_snapshot(session: Any) -> IndexSnapshot:
+    """Queue depth, jobs per state, stage durations of finished jobs, failed send attempts."""
+    snap = IndexSnapshot(queue_depth=queue_depths(session))
+    snap.jobs_by_state = {s.value: 0 for s in JobState}
+    for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        snap.jobs_by_state[state.value] = n
+    for (timings,) in session.execute(select(Job.timings).where(Job.state == JobState.done, Job.timings != "")):
+        try:
+            stages = json.loads(timings)
+        except ValueError:
+            continue
+        for stage, seconds in stages.items():
+            if isinstance(seconds, (int, float)) and seconds >= 0:
+                snap.stage_seconds.setdefault(stage, []).append(float(seconds))
+    # Every attempt that did not deliver was a failure followed by a retry (or giving up).
+    delivered = case((Outbox.state == OutboxState.delivered, 1), else_=0)
+    for dest, failed in session.execute(
+        select(Outbox.destination, func.sum(Outbox.attempts) - func.sum(delivered)).group_by(Outbox.destination)
+    ):
+        snap.send_retries[dest] = int(failed or 0)
+    return snap
 
 
 @router.get("/stats")
