@@ -1,0 +1,142 @@
+"""Per-slice SR latency: naive reference vs srnode's Upscaler, same run, medians and ratios.
+
+naive  = fp32 eager, batch 1, untiled, NCHW, torch.no_grad (what a plain script does)
+fast   = sr_engine.upscale.Upscaler: inference_mode, channels_last, tiles, fp32
+bf16   = the same with bfloat16 autocast (CPU avx512_bf16/AMX, or CUDA)
+Variants are interleaved within each repetition so that load from other processes hits all
+of them alike; the report gives medians and the naive/fast ratio of the same run.
+
+    .venv/bin/python bench/sr/latency.py --models realesrgan dpsr --sizes 128 --reps 3 \
+        --weights-dir ../shared/weights --json bench/sr/results/latency.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sr_engine.archs import count_parameters, create_model, load_checkpoint, load_state_dict, state_dict_for_export  # noqa: E402
+from sr_engine.interpolate import Bicubic  # noqa: E402
+from sr_engine.metrics import psnr  # noqa: E402
+from sr_engine.upscale import Upscaler  # noqa: E402
+
+# The paper's GPU seconds per slice (128->512, 512->2048).
+PAPER_GPU_S = {
+    "dpsr": (0.028, 0.381), "realesrgan": (0.068, 1.340), "bsrgan": (0.049, 1.020),
+    "swinir": (0.250, 5.840), "hat": (0.467, 10.90),
+}
+
+
+def _descriptor(arch: str, weights_dir: Path | None):
+    if arch == "realesrgan" and weights_dir and (weights_dir / "RealESRGAN_x4plus.pth").is_file():
+        return load_checkpoint(weights_dir / "RealESRGAN_x4plus.pth", "realesrgan")
+    # Latency does not depend on weight values: official configuration, seeded random init.
+    torch.manual_seed(0)
+    return load_state_dict(state_dict_for_export(create_model(arch)), arch)
+
+
+def _timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int, device: torch.device,
+                weights_dir: Path | None, bar: tqdm) -> dict:
+    """Median seconds per slice of every variant for one model and LR size."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, size, size)
+    if arch == "bicubic":
+        module, params, channels = Bicubic(4).to(device), 0, 1
+        desc = module
+    else:
+        desc = _descriptor(arch, weights_dir)
+        module, params, channels = desc.model.to(device).eval(), count_parameters(desc), desc.input_channels
+
+    def naive() -> torch.Tensor:
+        with torch.no_grad():
+            y = module(x.to(device).expand(-1, channels, -1, -1).contiguous())
+        return y.float().mean(1, keepdim=True).clamp(0, 1).cpu()
+
+    runners = {"naive": naive}
+    if "fast" in variants:
+        up = Upscaler(desc, 4, device, tile=tile, overlap=16, batch=1, precision="fp32")
+        runners["fast"] = lambda: up.upscale_unit(x)
+    if "bf16" in variants and arch not in ("bicubic",):
+        upb = Upscaler(desc, 4, device, tile=tile, overlap=16, batch=1, precision="bf16")
+        runners["bf16"] = lambda: upb.upscale_unit(x)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    outputs: dict[str, torch.Tensor] = {}
+    # One warm-up call each (oneDNN primitive creation, cuDNN autotune) is not timed.
+    for name, fn in runners.items():
+        bar.set_postfix_str(f"{arch} {size} warm-up {name}")
+        outputs[name] = fn()
+    for _ in range(reps):
+        for name, fn in runners.items():
+            bar.set_postfix_str(f"{arch} {size} {name}")
+            t, _ = _timed(fn, device)
+            times[name].append(t)
+        bar.update(1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {
+        "model": arch, "lr": size, "hr": size * 4, "params": params, "reps": reps, "tile": tile,
+        "seconds": times, "median_s": med,
+        "speedup_vs_naive": {k: med["naive"] / v for k, v in med.items() if k != "naive"},
+        "psnr_vs_naive_db": {k: psnr(outputs[k], outputs["naive"], 1.0).item() for k in outputs if k != "naive"},
+    }
+    paper = PAPER_GPU_S.get(arch)
+    if paper:
+        row["paper_gpu_s"] = paper[0] if size == 128 else paper[1] if size == 512 else None
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["bicubic", "dpsr", "realesrgan", "bsrgan", "swinir", "hat"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[128])
+    p.add_argument("--variants", nargs="+", default=["naive", "fast", "bf16"])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--tile", type=int, default=64, help="Upscaler LR tile (0: untiled)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--weights-dir", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    with tqdm(total=len(args.models) * len(args.sizes) * args.reps, unit="rep", desc="latency") as bar:
+        for size in args.sizes:
+            for arch in args.models:
+                rows.append(bench_model(arch, size, args.variants, args.reps, args.tile or None, device,
+                                        args.weights_dir, bar))
+                r = rows[-1]
+                tqdm.write(
+                    f"{arch:>10} {size}->{size * 4}: " + ", ".join(f"{k} {v:.3f}s" for k, v in r["median_s"].items())
+                    + "  speedup " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup_vs_naive"].items())
+                )
+    doc = {
+        "command": " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
+        "device": str(device), "cpu": platform.processor() or platform.machine(), "rows": rows,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
