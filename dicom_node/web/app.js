@@ -8,8 +8,9 @@ import models from "./views/models.js";
 import jobs from "./views/jobs.js";
 import viewer from "./views/viewer.js";
 import audit from "./views/audit.js";
+import series from "./views/series.js";
 
-const VIEWS = { dashboard, peers, routing, models, jobs, viewer, audit };
+const VIEWS = { dashboard, peers, routing, models, jobs, series, viewer, audit };
 export const session = { role: null };
 let cleanup = null;
 
@@ -20,6 +21,7 @@ function loginView(main) {
     token.set(input.value.trim());
     try {
       await start();
+      toast(`Signed in as ${session.role}`);
     } catch (err) {
       token.clear();
       toast(`Login failed: ${errorText(err)}`, "error");

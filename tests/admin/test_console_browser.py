@@ -80,6 +80,8 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
     with sync_playwright() as p, httpx.Client(base_url=base, headers=auth(READ), timeout=30) as http:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        js_errors: list[str] = []
+        page.on("pageerror", lambda exc: js_errors.append(str(exc)))
         page.goto(base + "/")
 
         # Log in: a wrong token is refused, the admin token opens the dashboard.
@@ -89,6 +91,7 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
         page.get_by_test_id("token").fill(ADMIN)
         page.get_by_test_id("login").click()
         expect(page.get_by_test_id("dash-queue")).to_be_visible()
+        expect(page.get_by_test_id("toast")).to_contain_text("Signed in as admin")
         page.screenshot(path=str(shots / "01-dashboard.png"), full_page=True)
 
         # Change the model for CT.
@@ -127,7 +130,26 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
         page.get_by_test_id("swipe").fill("30")
         expect(page.get_by_test_id("swipe-pane")).to_be_visible()
         page.screenshot(path=str(shots / "06-viewer-swipe.png"), full_page=True)
+
+        # The other pages render from the same API: peers (C-ECHO to a peer that is not
+        # listening fails visibly), models, series, audit (the routing change, by whom).
+        page.get_by_test_id("nav-peers").click()
+        page.get_by_test_id("echo-scanner").click()
+        expect(page.get_by_test_id("echo-result-scanner")).to_contain_text("failed")
+        page.screenshot(path=str(shots / "07-peers-echo.png"), full_page=True)
+        page.get_by_test_id("nav-models").click()
+        expect(page.get_by_test_id("models-table")).to_contain_text("lanczos-x2")
+        page.get_by_test_id("nav-series").click()
+        expect(page.get_by_test_id("series-table")).to_contain_text(f"derived (job {job['id']})")
+        page.screenshot(path=str(shots / "08-series.png"), full_page=True)
+        page.get_by_test_id("nav-audit").click()
+        expect(page.get_by_test_id("audit-table")).to_contain_text("config.set.routing")
+        page.screenshot(path=str(shots / "09-audit.png"), full_page=True)
+        page.get_by_test_id("nav-dashboard").click()
+        expect(page.get_by_test_id("dash-jobs")).to_contain_text("done1")
+        page.screenshot(path=str(shots / "10-dashboard-after.png"), full_page=True)
         browser.close()
+        assert js_errors == []
 
         psnr = http.get(f"/api/jobs/{job['id']}/slices/1/psnr").json()["psnr_db"]
         assert psnr > 30, psnr
