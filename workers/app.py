@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config.schema import SRNodeConfig
 
@@ -70,8 +70,10 @@ def make_celery(cfg: SRNodeConfig, models: list[str] | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        # Progress bars and prints go straight to stderr, not through Celery's logger as warnings.
+        worker_redirect_stdouts=False,
         worker_send_task_events=False,
-        task_queues=[Queue(q, routing_key=q) for q in queues_for(names)],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in queues_for(names)],
         task_default_queue=queue_name(names[0] if names else "default", "routine"),
         broker_heartbeat=0,
     )

@@ -197,7 +197,8 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
     mapping = _mapping(model, modality, files)
     classic: list[Dataset] = []
     done = len(sources) - len(todo)
-    bar = tqdm(total=len(sources), initial=done, desc=f"job #{job_id} {model_name}", unit="slice", leave=False)
+    bar = tqdm(total=len(sources), initial=done, desc=f"job #{job_id} {model_name}", unit="slice", leave=False,
+               disable=None)  # no bar when stderr is not a terminal (services, tests)
     for chunk in _chunks(todo, files, cfg.worker.batch_size):
         with timings.measure("read"):
             datasets = [dcmread(files[i]) for i in chunk]
