@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, status
@@ -15,6 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 READ_ROLES = frozenset({"admin", "read"})
 WRITE_ROLES = frozenset({"admin"})
+
+log = logging.getLogger("srnode.admin")
 
 _bearer = HTTPBearer(auto_error=False, description="A token from admin.tokens in the node config")
 
@@ -46,9 +49,14 @@ def _principal(request: Request, creds: HTTPAuthorizationCredentials | None) -> 
         # Constant-time comparison so response timing does not leak token prefixes.
         if hmac.compare_digest(token.encode("utf-8"), given):
             return Principal(role=role, fingerprint=token_fingerprint(token))
+    log.warning("admin API: unknown bearer token from %s (%s %s)", _client(request), request.method, request.url.path)
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"}
     )
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
 def require_read(
@@ -57,6 +65,7 @@ def require_read(
     """Dependency: a token whose role may read."""
     who = _principal(request, creds)
     if who.role not in READ_ROLES:
+        log.warning("admin API: %s may not %s %s", who.actor, request.method, request.url.path)
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {who.role!r} may not read the admin API")
     return who
 
@@ -67,5 +76,6 @@ def require_admin(
     """Dependency: a token with the admin role (needed for every change)."""
     who = _principal(request, creds)
     if who.role not in WRITE_ROLES:
+        log.warning("admin API: %s may not %s %s", who.actor, request.method, request.url.path)
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {who.role!r} may not change anything")
     return who
