@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +34,15 @@ def _config_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": str(exc), "keys": keys or exc.keys})
 
 
+def _request_error(_request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own checks (query parameters, JSON bodies) answer like config errors: with keys.
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    keys = [".".join(str(p) for p in err.get("loc", ())) for err in errors]
+    log.info("admin request rejected: keys %s", ",".join(keys) or "-")
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors), "keys": keys})
+
+
 def create_app(
     live: LiveConfig,
     sessions: sessionmaker[Session],
@@ -51,6 +62,7 @@ def create_app(
     app.state.live = live
     app.state.ctx = AdminContext(live=live, sessions=sessions, enqueue_job=enqueue_job)
     app.add_exception_handler(ConfigError, _config_error)
+    app.add_exception_handler(RequestValidationError, _request_error)
     for module in (peers, routing, models, jobs, series, audit, stats, viewer):
         app.include_router(module.router, prefix="/api")
     app.include_router(ops.router)

@@ -142,7 +142,8 @@ def test_jobs_filter_retry_cancel(client: TestClient, sessions: sessionmaker[Ses
     failed = client.get("/api/jobs?state=failed", headers=auth(READ)).json()
     assert [j["modality"] for j in failed] == ["CT"] and failed[0]["progress"]["fraction"] == 0.3
     assert [j["model"] for j in client.get("/api/jobs?modality=mr", headers=auth(READ)).json()] == ["lanczos"]
-    assert client.get("/api/jobs?state=bogus", headers=auth(READ)).status_code == 422
+    bogus = client.get("/api/jobs?state=bogus", headers=auth(READ))
+    assert bogus.status_code == 422 and bogus.json()["keys"] == ["query.state"]
 
     ct_job, mr_job = failed[0]["id"], next(j["id"] for j in jobs if j["modality"] == "MR")
     assert client.post(f"/api/jobs/{ct_job}/retry", headers=auth(READ)).status_code == 403
