@@ -1,7 +1,6 @@
 """Model registry: list (built-ins too), details with verified sha256 and model card, add, remove."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
