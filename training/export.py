@@ -60,6 +60,20 @@ def add_model_entry(config_path: Path, name: str, entry: ModelEntry) -> None:
     os.replace(tmp, config_path)
 
 
+def add_model_from_card(card_path: Path | str, config_path: Path | str, name: str | None = None) -> ModelEntry:
+    """`srnode models add`: register an exported model (its model_card.json) in a node YAML."""
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    weights = (card_path.parent / card["weights"]).resolve()
+    if file_sha256(weights) != card["sha256"]:
+        raise ValueError(f"{weights}: sha256 differs from {card_path}; re-export the model")
+    entry = registry_entry(card["arch"], weights, card["sha256"], int(card["scale"]),
+                           float(card["intensity"]["low"]), float(card["intensity"]["high"]),
+                           f"{card['name']}: {card['arch']} fine-tuned ({card['steps']} steps)")
+    add_model_entry(Path(config_path), name or card["name"], entry)
+    return entry
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     m = card["metrics"]
     lines = [

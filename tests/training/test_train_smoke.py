@@ -15,7 +15,7 @@ from dicom_node.cli import main as srnode
 from sr_engine import registry
 from sr_engine.archs import file_sha256
 from sr_engine.intensity import mapping_for, modality_values
-from training.export import add_model_entry, export_run
+from training.export import add_model_from_card, export_run
 from training.loop import RunConfig, train
 from training.presets import Preset
 
@@ -69,7 +69,7 @@ def test_train_resume_export_load(ct_by_name: dict[str, Path], tiny_preset: Pres
     assert "sha256" in (dest / "MODEL_CARD.md").read_text()
     cfg_path = tmp_path / "node.yaml"
     cfg_path.write_text(yaml.safe_dump({"node": {"ae_title": "SRTEST"}}))
-    add_model_entry(cfg_path, "ct-tiny", _entry_from(card, weights))
+    add_model_from_card(dest / "model_card.json", cfg_path)
     node_cfg = load_config(cfg_path)
     spec = registry.resolve("ct-tiny", node_cfg.models)
     loaded = registry.load(spec)
@@ -85,8 +85,3 @@ def test_train_resume_export_load(ct_by_name: dict[str, Path], tiny_preset: Pres
     for k in ema:
         torch.testing.assert_close(got[k].float(), ema[k], atol=2e-3, rtol=2e-3)
 
-
-def _entry_from(card: dict, weights: Path):  # noqa: ANN202 - ModelEntry
-    from training.export import registry_entry
-    return registry_entry(card["arch"], weights, card["sha256"], card["scale"],
-                          card["intensity"]["low"], card["intensity"]["high"], "tiny test model")
