@@ -51,9 +51,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
+    attribution = Path(args.attribution).read_text() if args.attribution else ""
     card = export_run(Path(args.run), Path(args.dest), name=args.name,
                       weights=args.weights, fp16=args.fp16, register=args.config,
-                      test_data=_paths(args.test_data))
+                      test_data=_paths(args.test_data), attribution=attribution,
+                      test_max_slices=args.test_max_slices, test_crop=args.test_crop or None)
     print(json.dumps(card, indent=1, default=str))
     return 0
 
@@ -107,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
     e.add_argument("--config", help="node config YAML to add the models: entry to")
     e.add_argument("--test-data", nargs="+", help="DICOM tree(s) never seen in training to score on")
+    e.add_argument("--test-max-slices", type=int, default=0, help="0: every test slice")
+    e.add_argument("--test-crop", type=int, default=0, help="centre crop of test slices (0: whole)")
+    e.add_argument("--attribution", help="text file with the data attribution for the model card")
     e.set_defaults(func=_cmd_export)
 
     c = subparsers.add_parser("compare", help="zero-shot vs fine-tuned table, bar plot and crop grid")
