@@ -2,8 +2,9 @@
 
 Order (BSRGAN / Real-ESRGAN style, simplified): blur the HR patch with a random Gaussian kernel,
 downsample with the engine's antialiased bicubic `degrade`, then add Gaussian / Poisson noise and a
-JPEG-like block-DCT quantisation. Everything works on float32 arrays in the model's [0, 1] range;
-nothing is rounded to 8 bits (the JPEG step quantises DCT coefficients, not pixels).
+JPEG-like block-DCT quantisation. Blur (linear) runs on modality values before the mapping; noise
+and JPEG-like run on the LR in the model's [0, 1] range. All float32: nothing is rounded to 8 bits
+(the JPEG step quantises DCT coefficients, not pixels).
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def jpeg_like(img: np.ndarray, quality: int) -> np.ndarray:
 
 
 def pre_downsample(hr: np.ndarray, cfg: DegradationConfig, rng: np.random.Generator) -> np.ndarray:
-    """Degradations applied to the HR patch before downsampling (blur)."""
+    """Degradations applied to the HR patch (modality values) before downsampling: blur."""
     if cfg.blur_prob > 0 and rng.random() < cfg.blur_prob:
         sx, sy = rng.uniform(*cfg.blur_sigma, size=2)
         hr = blur(hr, gaussian_kernel(float(sx), float(sy), float(rng.uniform(0, math.pi))))
