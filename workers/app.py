@@ -53,7 +53,8 @@ def make_celery(cfg: SRNodeConfig, models: list[str] | None = None) -> Celery:
     else:
         path = embedded_broker_path(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
-        broker = f"sqla+sqlite:///{path}"
+        # No "sqla+" prefix: it would select kombu's own transport over broker_transport.
+        broker = f"sqlite:///{path}"
         transport_options = {}
         transport = "workers.embedded_transport:Transport"
     app.conf.update(

@@ -1,0 +1,114 @@
+"""Worker building blocks on real SQLite/SQLAlchemy and the real kombu transport (no mocks)."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from kombu import Connection, Consumer
+
+from config.loader import parse_config
+from config.schema import SendConfig
+from dicom_node.index.db import make_engine, session_factory, session_scope
+from dicom_node.index.migrate import upgrade
+from dicom_node.index.models import Job, JobState, Patient, Series, Study
+from dicom_node.outbox.queue import backoff_s
+from dicom_node.pipeline import Dispatcher
+from workers import model_cache
+from workers.app import make_celery, queue_name
+from workers.process import claim_job, utcnow
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return parse_config({
+        "node": {"storage_dir": str(tmp_path / "storage"), "database_url": f"sqlite:///{tmp_path / 'i.db'}"},
+        "models": {"bicubic": {"arch": "bicubic", "scale": 2}},
+        "routing": [{"match": {"modality": "CT"}, "model": "bicubic"}],
+        "worker": {"heartbeat_timeout_s": 1},
+    }, environ={})
+
+
+@pytest.fixture
+def factory(cfg):  # type: ignore[no-untyped-def]
+    engine = make_engine(cfg.node.database_url)
+    upgrade(cfg.node.database_url, engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def make_job(factory) -> int:  # type: ignore[no-untyped-def]
+    with session_scope(factory) as s:
+        series = Series(series_uid="1.2.3", study=Study(study_uid="1.2", patient=Patient(patient_id="p")))
+        s.add(series)
+        s.flush()
+        job = Job(series_pk=series.id, model="bicubic", scale=2)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def test_model_loaded_once_per_process(cfg) -> None:  # type: ignore[no-untyped-def]
+    model_cache.clear()
+    a = model_cache.get_model(cfg, "bicubic", "cpu")
+    b = model_cache.get_model(cfg, "bicubic", "cpu")
+    assert a is b and a.scale == 2
+
+
+def test_claim_is_exclusive_until_heartbeat_goes_stale(factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = make_job(factory)
+    assert claim_job(factory, job_id, "task-a", heartbeat_timeout_s=1)
+    assert not claim_job(factory, job_id, "task-b", heartbeat_timeout_s=1)  # running, fresh heartbeat
+    time.sleep(1.2)
+    assert claim_job(factory, job_id, "task-b", heartbeat_timeout_s=1)  # the first worker stopped beating
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert job.attempts == 2 and job.task_id == "task-b"
+    with session_scope(factory) as s:
+        s.get(Job, job_id).state = JobState.done
+    assert not claim_job(factory, job_id, "task-c", heartbeat_timeout_s=0.001)  # done stays done
+
+
+def test_dispatcher_requeues_stale_running_job(cfg, factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = make_job(factory)
+    with session_scope(factory) as s:
+        job = s.get(Job, job_id)
+        job.state, job.task_id, job.heartbeat_at = JobState.running, "dead", utcnow() - timedelta(seconds=5)
+    dispatcher = Dispatcher(cfg, factory)
+    assert dispatcher.requeue_stale() == 1
+    assert dispatcher.dispatch_pending() == 1
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.queued and job.task_id not in ("", "dead")
+    assert dispatcher.dispatch_pending() == 0  # sent once
+
+
+def test_embedded_transport_takes_stat_before_routine(cfg) -> None:  # type: ignore[no-untyped-def]
+    app = make_celery(cfg)
+    for job_id in (1, 2, 3):
+        app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "routine"))
+    app.send_task("srnode.process_job", args=[99], queue=queue_name("bicubic", "stat"))
+    got: list[int] = []
+    queues = [q for q in app.conf.task_queues]  # routine and stat, in any order
+    with Connection(app.conf.broker_url, transport=app.conf.broker_transport) as conn:
+        def on_message(body, message):  # type: ignore[no-untyped-def]
+            got.append(message.payload[0][0] if isinstance(message.payload, list) else body[0][0])
+            message.ack()
+
+        with Consumer(conn, queues=list(reversed(queues)), callbacks=[on_message], accept=["json"], prefetch_count=1):
+            deadline = time.monotonic() + 10
+            while len(got) < 4 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    pass
+    assert got[0] == 99 and sorted(got) == [1, 2, 3, 99]
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    send = SendConfig(backoff_initial_s=2, backoff_max_s=30)
+    assert [backoff_s(n, send) for n in (1, 2, 3, 4, 5, 6)] == [2, 4, 8, 16, 30, 30]
