@@ -48,6 +48,8 @@ class NodeConfig(_Strict):
     require_known_callers: bool = True
     min_free_disk_mb: int = Field(1024, ge=0)
     max_associations: int = Field(16, ge=1)
+    # Listener processes sharing node.port (SO_REUSEPORT, Linux); each has its own DB connections.
+    processes: int = Field(1, ge=1, le=64)
     # Seconds to wait for in-flight associations on SIGTERM before closing them.
     shutdown_grace_s: float = Field(30.0, ge=0)
     tls: TLSConfig | None = None

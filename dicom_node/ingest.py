@@ -22,6 +22,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -32,10 +33,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.group_commit import BatchFailed, committer_for
 from dicom_node.index.models import Instance, Patient, Series, SeriesState, Study
 from dicom_node.storage import (
     InvalidUID,
@@ -154,6 +156,90 @@ def has_pixel_data(ds: Dataset) -> bool:
     return any(tag in ds for tag in PIXEL_TAGS)
 
 
+def instance_values(ds_header: Dataset, rel_path: str | PurePosixPath, file_size: int, transfer_syntax: str,
+                    sender_ae: str, now: datetime, is_image: bool | None = None) -> dict[str, Any]:
+    """The Instance columns taken from one header (everything but keys and series_pk)."""
+    ipp = _floats(ds_header, "ImagePositionPatient", 3)
+    iop = _floats(ds_header, "ImageOrientationPatient", 6)
+    spacing = _floats(ds_header, "PixelSpacing", 2)
+    return {
+        "sop_class_uid": _text(ds_header, "SOPClassUID", 64),
+        "instance_number": _int(ds_header, "InstanceNumber"),
+        "transfer_syntax_uid": str(transfer_syntax)[:64],
+        "file_path": str(rel_path),
+        "file_size": int(file_size),
+        "rows": _int(ds_header, "Rows"),
+        "columns": _int(ds_header, "Columns"),
+        "number_of_frames": _int(ds_header, "NumberOfFrames"),
+        "slice_location": slice_position(ds_header),
+        "image_position": "\\".join(f"{v:g}" for v in ipp)[:128] if ipp else "",
+        "image_orientation": "\\".join(f"{v:g}" for v in iop)[:256] if iop else "",
+        "pixel_spacing": "\\".join(f"{v:g}" for v in spacing)[:64] if spacing else "",
+        "is_image": has_pixel_data(ds_header) if is_image is None else is_image,
+        "received_at": now,
+        "sender_ae": (sender_ae or "").strip()[:16],
+    }
+
+
+# (database URL, study UID, series UID) -> Series primary key, for the receive hot path: an
+# instance of a series already seen costs one SELECT, one INSERT and one UPDATE (no ORM).
+_SERIES_PK_CACHE: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+_SERIES_PK_CACHE_SIZE = 4096
+_cache_lock = threading.Lock()
+
+
+def _cache_get(key: tuple[str, str, str]) -> int | None:
+    with _cache_lock:
+        return _SERIES_PK_CACHE.get(key)
+
+
+def _cache_put(key: tuple[str, str, str], pk: int) -> None:
+    with _cache_lock:
+        _SERIES_PK_CACHE[key] = pk
+        _SERIES_PK_CACHE.move_to_end(key)
+        while len(_SERIES_PK_CACHE) > _SERIES_PK_CACHE_SIZE:
+            _SERIES_PK_CACHE.popitem(last=False)
+
+
+def _cache_drop(key: tuple[str, str, str]) -> None:
+    with _cache_lock:
+        _SERIES_PK_CACHE.pop(key, None)
+
+
+def _index_known_series(session: Session, series_pk: int, ds_header: Dataset, rel_path: str | PurePosixPath,
+                        file_size: int, transfer_syntax: str, sender_ae: str) -> tuple[int, bool, bool]:
+    """Core-level index of an instance of a series known to exist: (instance pk, duplicate, is_image)."""
+    sop_uid = validate_uid(ds_header.get("SOPInstanceUID"), "SOPInstanceUID")
+    now = utcnow()
+    values = instance_values(ds_header, rel_path, file_size, transfer_syntax, sender_ae, now)
+    conn = session.connection()
+    existing = conn.execute(_SELECT_INSTANCE, {"sop": sop_uid}).first()
+    if existing is not None and existing.series_pk != series_pk:
+        raise DuplicateConflict(f"SOPInstanceUID {sop_uid} is already indexed under another series")
+    updated = conn.execute(_TOUCH_SERIES, {"pk": series_pk, "now": now})
+    if updated.rowcount != 1:
+        raise _StaleSeriesCache()
+    if existing is None:
+        pk = conn.execute(_INSERT_INSTANCE, {"series_pk": series_pk, "sop_instance_uid": sop_uid, **values}).inserted_primary_key[0]
+        return int(pk), False, bool(values["is_image"])
+    conn.execute(_UPDATE_INSTANCE, {"ipk": existing.id, **values})
+    return int(existing.id), True, bool(values["is_image"])
+
+
+# Built once: compiling a statement per instance costs more CPU than executing it.
+_SELECT_INSTANCE = select(Instance.id, Instance.series_pk).where(Instance.sop_instance_uid == bindparam("sop"))
+_TOUCH_SERIES = (
+    update(Series).where(Series.id == bindparam("pk"))
+    .values(state=SeriesState.receiving, stable_at=None, last_received_at=bindparam("now"))
+)
+_INSERT_INSTANCE = insert(Instance)
+_UPDATE_INSTANCE = update(Instance).where(Instance.id == bindparam("ipk"))
+
+
+class _StaleSeriesCache(Exception):
+    """The cached series row is gone (e.g. deleted by an admin); take the full path."""
+
+
 def index_instance(
     session: Session,
     ds_header: Dataset,
@@ -228,24 +314,8 @@ def index_instance(
         session.add(instance)
     elif instance.series_pk != series.id:
         raise DuplicateConflict(f"SOPInstanceUID {sop_uid} is already indexed under another series")
-    ipp = _floats(ds_header, "ImagePositionPatient", 3)
-    iop = _floats(ds_header, "ImageOrientationPatient", 6)
-    spacing = _floats(ds_header, "PixelSpacing", 2)
-    instance.sop_class_uid = _text(ds_header, "SOPClassUID", 64)
-    instance.instance_number = _int(ds_header, "InstanceNumber")
-    instance.transfer_syntax_uid = str(transfer_syntax)[:64]
-    instance.file_path = str(rel_path)
-    instance.file_size = int(file_size)
-    instance.rows = _int(ds_header, "Rows")
-    instance.columns = _int(ds_header, "Columns")
-    instance.number_of_frames = _int(ds_header, "NumberOfFrames")
-    instance.slice_location = slice_position(ds_header)
-    instance.image_position = "\\".join(f"{v:g}" for v in ipp)[:128] if ipp else ""
-    instance.image_orientation = "\\".join(f"{v:g}" for v in iop)[:256] if iop else ""
-    instance.pixel_spacing = "\\".join(f"{v:g}" for v in spacing)[:64] if spacing else ""
-    instance.is_image = has_pixel_data(ds_header) if is_image is None else is_image
-    instance.received_at = now
-    instance.sender_ae = sender
+    for column, value in instance_values(ds_header, rel_path, file_size, transfer_syntax, sender, now, is_image).items():
+        setattr(instance, column, value)
     session.flush()
     return instance
 
@@ -321,6 +391,11 @@ def _commit_with_retry(factory: sessionmaker[Session], work: Any, attempts: int 
     raise RuntimeError("unreachable")
 
 
+def _url_of(factory: sessionmaker[Session]) -> str:
+    bind = factory.kw.get("bind")
+    return str(getattr(bind, "url", id(factory)))
+
+
 def store_encoded(
     factory: sessionmaker[Session],
     storage_dir: Path,
@@ -349,12 +424,30 @@ def store_encoded(
     existed = target.exists()
     size = write_instance(storage_dir, rel, data)
 
+    key = (_url_of(factory), study, series)
+
+    def known_series(session: Session, series_pk: int) -> StoreResult:
+        pk, dup, is_image = _index_known_series(session, series_pk, ds, rel, size, tsyntax, sender_ae)
+        return StoreResult(pk, series_pk, str(rel), size, dup, is_image)
+
     def work(session: Session) -> StoreResult:
         dup = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
         inst = index_instance(session, ds, rel, size, tsyntax, sender_ae, derived_from_job)
+        _cache_put(key, inst.series_pk)
         return StoreResult(inst.id, inst.series_pk, str(rel), size, dup, inst.is_image)
 
     try:
+        cached = _cache_get(key) if derived_from_job is None else None
+        if cached is not None:
+            # Hot path: an instance of a series already seen, committed together with
+            # whatever the other associations are storing right now.
+            committer = committer_for(factory, clean_errors=(DuplicateConflict, _StaleSeriesCache))
+            try:
+                return committer.run(lambda session: known_series(session, cached))
+            except _StaleSeriesCache:
+                _cache_drop(key)
+            except BatchFailed:
+                pass  # redo it alone below
         return _commit_with_retry(factory, work)
     except BaseException:
         if not existed:

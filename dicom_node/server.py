@@ -30,6 +30,7 @@ from dicom_node.assembly import Assembler, StableHook
 from dicom_node.handlers import NodeContext, collect
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.migrate import upgrade
+from dicom_node.listener import spawn_listeners, start_listener, stop_listeners
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class NodeServer:
         services: Iterable[Service] = (),
         handler_modules: Iterable[str] | None = None,
         service_modules: Iterable[str] | None = None,
+        listener_only: bool = False,
     ) -> None:
         self.cfg = cfg
         self.storage_dir = Path(cfg.node.storage_dir)
@@ -71,22 +73,29 @@ class NodeServer:
         self.ae: Any = None
         self.server: ThreadedAssociationServer | None = None
         self.port: int | None = None
+        self.listener_only = listener_only  # a node.processes child: no migrations, assembly or services
+        self._children: list[Any] = []
         self._started: list[Service] = []
         self._stopped = threading.Event()
 
     def start(self) -> None:
         """Migrate the index, start listening, then assembly and services."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(self.cfg.node.database_url, self.engine)
+        if not self.listener_only:
+            upgrade(self.cfg.node.database_url, self.engine)
         handlers, contexts = collect(self.context, self.handler_modules)
         self.ae = build_ae(self.cfg, contexts)
-        self.server = self.ae.start_server(
-            (self.cfg.node.host, self.cfg.node.port), block=False,
-            ssl_context=tls_context(self.cfg.node.tls), evt_handlers=handlers,
-        )
+        shared_port = self.cfg.node.processes > 1 or self.listener_only
+        self.server = start_listener(self.ae, (self.cfg.node.host, self.cfg.node.port),
+                                     tls_context(self.cfg.node.tls), handlers, reuse_port=shared_port)
         self.port = int(self.server.server_address[1])
-        log.info("%s listening on %s:%d%s", self.cfg.node.ae_title, self.cfg.node.host, self.port,
-                 " (TLS)" if self.cfg.node.tls else "")
+        if self.listener_only:
+            return
+        if self.cfg.node.processes > 1:
+            self._children = spawn_listeners(self.cfg.model_dump(mode="json"), self.port, self.cfg.node.processes - 1)
+        log.info("%s listening on %s:%d%s%s", self.cfg.node.ae_title, self.cfg.node.host, self.port,
+                 " (TLS)" if self.cfg.node.tls else "",
+                 f" in {self.cfg.node.processes} processes" if self.cfg.node.processes > 1 else "")
         self.assembler.start()
         for name in self._service_modules:
             service = importlib.import_module(name).make_service(self)
@@ -103,10 +112,13 @@ class NodeServer:
     def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, let in-flight associations finish (up to the grace), stop everything."""
         grace = self.cfg.node.shutdown_grace_s if grace_s is None else grace_s
+        children, self._children = self._children, []
         if self.server is not None:
             server, self.server = self.server, None
             in_flight = list(server.active_associations)
             server.shutdown()  # closes the listening socket; open associations keep running
+            for child in children:
+                child.terminate()  # each child closes its socket and drains its own associations
             deadline = time.monotonic() + grace
             while any(a.is_alive() for a in in_flight) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -115,6 +127,7 @@ class NodeServer:
                 log.warning("aborting %d association(s) still open after %.0f s grace", len(left), grace)
                 for assoc in left:
                     assoc.abort()
+        stop_listeners(children, grace)
         for service in reversed(self._started):
             try:
                 service.stop()

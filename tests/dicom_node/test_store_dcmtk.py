@@ -127,3 +127,30 @@ def test_store_compressed_and_unusual_syntaxes(tmp_path: Path, database_url: str
                "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"]:
         assert ts in syntaxes, f"no instance stored in {ts}"
+
+
+def test_parallel_senders_and_listener_processes(tmp_path: Path, database_url: str, start_node, ct_dirs) -> None:  # type: ignore[no-untyped-def]
+    """node.processes = 2: two processes share the port (SO_REUSEPORT); 3 parallel storescu all land."""
+    from tests.conftest import free_port
+
+    cfg = node_config(tmp_path, database_url, processes=2, port=free_port())
+    node = start_node(cfg)
+    assert len(node._children) == 1 and node._children[0].is_alive()
+    import threading
+
+    results: list = []
+    threads = [threading.Thread(target=lambda d=d: results.append(storescu(node.port, [d], flags=("+sd",))))
+               for d in ct_dirs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert [r.returncode for r in results] == [0] * len(ct_dirs), [r.stderr[-500:] for r in results]
+    files = [p for d in ct_dirs for p in d.glob("*.dcm")]
+    with node.session_factory() as s:
+        assert s.scalar(select(func.count(Instance.id))) == len(files)
+    for f in files[::7]:
+        _check_stored(node, f)
+    child = node._children[0]
+    node.stop(grace_s=5)
+    assert not child.is_alive()

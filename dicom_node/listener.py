@@ -1,0 +1,89 @@
+"""The DICOM listener socket, optionally shared by several node processes (SO_REUSEPORT).
+
+With node.processes = N > 1 the node's main process and N-1 listener-only child processes each
+bind node.port with SO_REUSEPORT; the kernel spreads incoming associations over them, so parallel
+associations use several cores instead of one GIL. Children run only the listener (handlers write
+and index exactly as in the main process); assembly and services run once, in the main process.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import threading
+from datetime import datetime
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
+
+log = logging.getLogger(__name__)
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """A threaded association server whose socket may share its port with sibling processes."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def start_listener(ae: AE, address: tuple[str, int], ssl_context: Any, handlers: list[Any],
+                   reuse_port: bool) -> ThreadedAssociationServer:
+    """Start a non-blocking association server (as AE.start_server does, optionally reuse-port)."""
+    if not reuse_port:
+        return ae.start_server(address, block=False, ssl_context=ssl_context, evt_handlers=handlers)
+    server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers, server_class=ReusePortServer)
+    stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+    thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so server.shutdown() can deregister it, as with start_server
+    return server
+
+
+def _child_main(cfg_data: dict[str, Any], port: int, ready: Any) -> None:
+    """Entry point of a listener-only child process (spawned)."""
+    from config.loader import parse_config
+    from dicom_node.server import NodeServer
+
+    cfg = parse_config(cfg_data, environ={})
+    cfg.node.port = port
+    logging.basicConfig(level=cfg.node.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    node = NodeServer(cfg, listener_only=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
+    node.start()
+    ready.set()
+    stop.wait()
+    node.stop()
+
+
+def spawn_listeners(cfg_data: dict[str, Any], port: int, count: int, timeout: float = 120) -> list[Any]:
+    """Start `count` listener-only processes on `port`; return them once all are listening."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    for i in range(count):
+        ready = ctx.Event()
+        proc = ctx.Process(target=_child_main, args=(cfg_data, port, ready), name=f"srnode-listener-{i + 1}", daemon=False)
+        proc.start()
+        procs.append((proc, ready))
+    for proc, ready in procs:
+        if not ready.wait(timeout):
+            raise RuntimeError(f"{proc.name} did not start listening within {timeout:.0f} s")
+    return [p for p, _ in procs]
+
+
+def stop_listeners(procs: list[Any], grace_s: float) -> None:
+    """SIGTERM the children (each drains its own associations) and wait for them."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(grace_s + 10)
+        if proc.is_alive():
+            log.warning("%s still running after the grace period; killing it", proc.name)
+            proc.kill()
+            proc.join(5)
