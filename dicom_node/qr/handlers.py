@@ -7,8 +7,10 @@ with one log line (calling AE, level, counts, time) and never names a patient.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -35,7 +38,9 @@ from dicom_node.qr.find import FindOutcome, find
 from dicom_node.qr.matching import QueryError
 from dicom_node.qr.on_demand import OnDemandError, OnDemandProvider, on_demand_provider
 from dicom_node.qr.query import parse_query
-from dicom_node.qr.retrieve import RetrievePlan, StoredInstance, plan_retrieve, produced_datasets, read_ahead
+from dicom_node.qr import fast_store
+from dicom_node.qr.fast_store import StoredFile
+from dicom_node.qr.retrieve import RetrievePlan, plan_retrieve, produced_file
 
 log = logging.getLogger("srnode.qr")
 
@@ -47,22 +52,15 @@ QR_SOP_CLASSES = FIND_SOP_CLASSES + MOVE_SOP_CLASSES + GET_SOP_CLASSES
 PENDING = 0xFF00
 CANCEL = 0xFE00
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
+MAX_CONTEXTS = 128
+SUB_ASSOCIATION_POLL_S = 0.0002
+PENDING_INTERVAL_S = 0.1  # PS3.8: presentation context IDs are odd numbers 1..255
 
 
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
     ds.ErrorComment = comment[:64]  # LO
-    return ds
-
-
-def _unreadable(item: StoredInstance) -> Dataset:
-    # No file meta, so the C-STORE sub-operation fails before sending and pynetdicom puts this
-    # SOP Instance UID into the Failed SOP Instance UID List, as PS3.4 C.4.2.1.4.2 asks.
-    ds = Dataset()
-    ds.SOPClassUID = item.sop_class_uid
-    ds.SOPInstanceUID = item.sop_instance_uid
     return ds
 
 
@@ -80,21 +78,60 @@ def store_contexts(plan: RetrievePlan) -> list[PresentationContext]:
     return contexts[:MAX_CONTEXTS]
 
 
+def set_tcp_nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: turn off Nagle's algorithm on the association's socket.
+
+    pynetdicom writes a PDU header and its data separately; with Nagle on, every small write
+    after a full-size one waits for the peer's delayed ACK (~40 ms), which caps C-STORE
+    sub-operations at ~10/s. DCMTK does the same when TCP_NODELAY=1 is set.
+    """
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not a TCP socket (e.g. already closed): nothing to tune
+            pass
+
+
+@contextmanager
+def throttled_pending(assoc: Any) -> Iterator[None]:
+    """Send C-MOVE/C-GET Pending responses at most every PENDING_INTERVAL_S while the block runs.
+
+    Pending responses are optional (PS3.4 C.4.2.1.5, C.4.3.1.5); pynetdicom sends one per
+    sub-operation, which costs as much as the sub-operation's own command. The requester still
+    sees the counts move several times a second, and the final response always goes out.
+    """
+    dimse = assoc.dimse
+    original = dimse.send_msg
+    last = 0.0
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        nonlocal last
+        if isinstance(primitive, (C_MOVE, C_GET)) and primitive.Status == PENDING:
+            now = time.monotonic()
+            if now - last < PENDING_INTERVAL_S:
+                return
+            last = now
+        original(primitive, context_id)
+
+    dimse.send_msg = send_msg
+    try:
+        yield
+    finally:
+        del dimse.send_msg  # back to the class's method
+
+
+def _prepare_sub_association(event: evt.Event) -> None:
+    """EVT_CONN_OPEN of a C-MOVE sub-association: no Nagle, and stored files streamed as they are."""
+    set_tcp_nodelay(event)
+    fast_store.install(event.assoc)
+    # pynetdicom's DUL thread sleeps 1 ms whenever it finds nothing to do, which adds up to 1 ms
+    # to every C-STORE-RSP; a sub-association lives only as long as the move, so poll faster.
+    event.assoc.dul._run_loop_delay = SUB_ASSOCIATION_POLL_S
+
+
 def _modality_storage_class(modality: str) -> str:
     return {"MR": "1.2.840.10008.5.1.4.1.1.4"}.get(modality, "1.2.840.10008.5.1.4.1.1.2")
-
-
-def _fit_to_get_context(ds: Dataset, assoc: Any) -> Dataset:
-    """Decompress when the C-GET requester did not accept the stored (compressed) syntax."""
-    ts = ds.file_meta.get("TransferSyntaxUID")
-    if ts is None or not ts.is_compressed:
-        return ds
-    accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID]
-    if any(ts in cx.transfer_syntax for cx in accepted):
-        return ds
-    if any(s in cx.transfer_syntax for cx in accepted for s in UNCOMPRESSED):
-        ds.decompress()
-    return ds
 
 
 @dataclass
@@ -149,28 +186,20 @@ class QRService:
         with self.sessions() as session:
             return plan_retrieve(session, query, self.storage_dir, self.provider)
 
-    def _sub_operations(self, event: evt.Event, plan: RetrievePlan, fit: Any = None) -> Iterator[tuple[Any, Any]]:
-        """(status, dataset) pairs: Pending + dataset per instance, Cancel when asked to stop."""
-        for item, (_, ds) in zip(plan.stored, read_ahead([s.path for s in plan.stored])):
+    def _sub_operations(self, event: evt.Event, plan: RetrievePlan) -> Iterator[tuple[Any, Any]]:
+        """(status, dataset) pairs: Pending + StoredFile per instance, Cancel when asked to stop."""
+        for item in plan.stored:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            if isinstance(ds, Exception):
-                log.warning("retrieve: stored file of instance %s unreadable (%s)", item.sop_instance_uid,
-                            type(ds).__name__)
-                yield PENDING, _unreadable(item)
-                continue
-            yield PENDING, fit(ds) if fit else ds
+            yield PENDING, StoredFile(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid, item.path)
         for virtual in plan.virtual:
             try:
-                for produced, ds in produced_datasets(self.provider, virtual):
+                for produced in self.provider.materialise(virtual.series_uid):
                     if event.is_cancelled:
                         yield CANCEL, None
                         return
-                    if isinstance(ds, Exception):
-                        yield PENDING, _unreadable(StoredInstance(produced.sop_instance_uid, "", "", produced.path))
-                        continue
-                    yield PENDING, fit(ds) if fit else ds
+                    yield PENDING, produced_file(produced)
             except OnDemandError as exc:
                 log.warning("retrieve: on-demand series %s failed: %s", virtual.series_uid, exc)
                 yield _status(0xA702, f"on-demand job failed: {exc}"), None
@@ -197,13 +226,15 @@ class QRService:
             yield 1
             yield _status(0xA900, str(exc)), None
             return
-        yield peer.host, peer.port, {"contexts": store_contexts(plan)}
+        yield peer.host, peer.port, {"contexts": store_contexts(plan),
+                                     "evt_handlers": [(evt.EVT_CONN_OPEN, _prepare_sub_association)]}
         yield plan.count
         sent = 0
         try:
-            for status, ds in self._sub_operations(event, plan):
-                sent += status == PENDING
-                yield status, ds
+            with throttled_pending(event.assoc):
+                for status, ds in self._sub_operations(event, plan):
+                    sent += status == PENDING
+                    yield status, ds
         finally:
             log.info("C-MOVE from %s to %s: %d sub-operations planned, %d started, %.2f s", caller,
                      destination, plan.count, sent, time.monotonic() - started)
@@ -223,16 +254,19 @@ class QRService:
         yield plan.count
         sent = 0
         try:
-            for status, ds in self._sub_operations(event, plan, fit=lambda d: _fit_to_get_context(d, event.assoc)):
-                sent += status == PENDING
-                yield status, ds
+            fast_store.install(event.assoc)
+            with throttled_pending(event.assoc):
+                for status, ds in self._sub_operations(event, plan):
+                    sent += status == PENDING
+                    yield status, ds
         finally:
             log.info("C-GET from %s: %d sub-operations planned, %d started, %.2f s", caller, plan.count, sent,
                      time.monotonic() - started)
 
     def handlers(self) -> list[tuple[Any, Any]]:
         """(event, handler) pairs to bind on the node's AE."""
-        return [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move), (evt.EVT_C_GET, self.on_get)]
+        return [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move), (evt.EVT_C_GET, self.on_get),
+                (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
 
 
 # --- the dicom_node.handlers registry interface --------------------------------------------------

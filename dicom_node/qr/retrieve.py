@@ -7,18 +7,16 @@ not know may be a virtual on-demand series; `plan_retrieve` asks the provider ab
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.index.models import Instance, Series
 from dicom_node.qr.attributes import ATTRIBUTES, Level
+from dicom_node.qr.fast_store import StoredFile
 from dicom_node.qr.matching import AnyOf, Exact
 from dicom_node.qr.on_demand import OnDemandProvider, ProducedInstance, VirtualSeries
 from dicom_node.qr.query import Query, select_rows
@@ -74,34 +72,8 @@ def plan_retrieve(session: Session, query: Query, storage_dir: Path, provider: O
     return plan
 
 
-def read_instance(path: Path) -> Dataset:
-    """The stored file as a Dataset for a C-STORE sub-operation (file meta kept for the context)."""
-    return dcmread(path)
-
-
-def read_ahead(paths: list[Path], depth: int = 2) -> Iterator[tuple[Path, Dataset | Exception]]:
-    """Read files in a helper thread while the caller sends the previous one (disk/parse ∥ network).
-
-    Each item is (path, dataset) or (path, the exception reading it raised), in order.
-    """
-    if not paths:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-read") as pool:
-        pending: list[Future[Dataset]] = [pool.submit(read_instance, p) for p in paths[:depth]]
-        for i, path in enumerate(paths):
-            future = pending.pop(0)
-            if i + depth < len(paths):
-                pending.append(pool.submit(read_instance, paths[i + depth]))
-            try:
-                yield path, future.result()
-            except Exception as exc:  # a damaged file fails one sub-operation, not the retrieve
-                yield path, exc
-
-
-def produced_datasets(provider: OnDemandProvider, virtual: VirtualSeries) -> Iterator[tuple[ProducedInstance, Dataset | Exception]]:
-    """Instances of an on-demand series as the job produces them."""
-    for produced in provider.materialise(virtual.series_uid):
-        try:
-            yield produced, read_instance(produced.path)
-        except Exception as exc:
-            yield produced, exc
+def produced_file(produced: ProducedInstance) -> StoredFile:
+    """An on-demand instance, as the handler yields it (class and syntax from its file meta)."""
+    meta, _ = split_dataset(produced.path)
+    return StoredFile(str(meta.MediaStorageSOPClassUID), produced.sop_instance_uid, str(meta.TransferSyntaxUID),
+                      produced.path)
