@@ -2,12 +2,13 @@
 
 One registry (`REGISTRY`) so /metrics shows exactly srnode's series. Two kinds of values:
 
-- counters updated in the node process where the event happens (instances received,
-  associations) — other modules import the objects below and call `.inc()`;
-- values read at scrape time by `SnapshotCollector` from their source of truth: queue depth, job
-  stage durations, jobs per state and send retries from the index (so they include work done by
-  worker processes on other hosts and survive restarts), active associations from the listener,
-  disk free from the file system, GPU memory from torch in this process.
+- counters updated in the process where the event happens (association outcomes) — other
+  modules import the objects below and call `.inc()`;
+- values read at scrape time by `SnapshotCollector` from their source of truth: instances
+  received, queue depth, job stage durations, jobs per state and send retries from the index (so
+  they include every listener process and every worker, on any host, and survive restarts),
+  active associations from the listener, disk free from the file system, GPU memory from torch in
+  this process.
 
 Labels never carry patient data: only modality, peer keys, queue, stage and state names.
 """
@@ -28,12 +29,6 @@ log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-INSTANCES_RECEIVED = Counter(
-    "srnode_instances_received",
-    "Instances received by C-STORE and acknowledged with success, by kind (image, other)",
-    ["kind"],
-    registry=REGISTRY,
-)
 ASSOCIATIONS = Counter(
     "srnode_associations",
     "Association requests by the node's own checks' outcome (accepted, rejected_unknown_ae, rejected_disk)",
@@ -49,6 +44,7 @@ STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 180
 class IndexSnapshot:
     """What the index says at scrape time (filled by whoever owns the database session)."""
 
+    instances_received: dict[str, int] = field(default_factory=dict)  # modality -> original instances stored
     queue_depth: dict[str, int] = field(default_factory=dict)  # queue -> waiting items
     jobs_by_state: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, list[float]] = field(default_factory=dict)  # stage -> durations of finished jobs
@@ -96,6 +92,11 @@ class SnapshotCollector(Collector):
 
 
 def _index_metrics(snap: IndexSnapshot) -> Iterable[Metric]:
+    received = CounterMetricFamily("srnode_instances_received", "Original instances stored and indexed "
+                                   "(acknowledged C-STOREs; duplicates counted once), by modality", labels=["modality"])
+    for modality, n in sorted(snap.instances_received.items()):
+        received.add_metric([modality or "unknown"], n)
+    yield received
     depth = GaugeMetricFamily("srnode_queue_depth", "Items waiting per queue (jobs by priority, outbox by destination)",
                               labels=["queue"])
     for queue, n in sorted(snap.queue_depth.items()):

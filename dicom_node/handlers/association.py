@@ -10,6 +10,7 @@ from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.handlers import NodeContext
+from dicom_node.metrics import ASSOCIATIONS
 
 log = logging.getLogger("dicom_node.association")
 
@@ -34,6 +35,7 @@ def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
         log.warning("rejected association from unknown calling AE %r (%s)", calling, event.assoc.requestor.address)
         # permanent, service user, calling AE title not recognised
         _reject(event, 0x01, 0x01, 0x03)
+        ASSOCIATIONS.labels(outcome="rejected_unknown_ae").inc()
         return
     free = free_disk_mb(ctx)
     if free < node.min_free_disk_mb:
@@ -43,6 +45,9 @@ def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
         )
         # transient, presentation related, temporary congestion
         _reject(event, 0x02, 0x03, 0x01)
+        ASSOCIATIONS.labels(outcome="rejected_disk").inc()
+        return
+    ASSOCIATIONS.labels(outcome="accepted").inc()
 
 
 def bind(ctx: NodeContext) -> list[tuple[Any, Callable[..., Any]]]:

@@ -49,3 +49,4 @@ def test_metrics_from_index(client: TestClient, sessions: sessionmaker[Session])
     assert m[("srnode_send_retries_total", (("destination", "pacs"),))] == 2
     assert m[("srnode_send_retries_total", (("destination", "ris"),))] == 2
     assert ("srnode_disk_free_bytes", (("volume", "storage"),)) in m
+    assert m[("srnode_instances_received_total", (("modality", "CT"),))] == 1

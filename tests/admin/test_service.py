@@ -117,3 +117,32 @@ def test_peer_added_through_api_may_call_without_restart(node: NodeServer) -> No
         assert http.put("/api/peers/self", json=own).status_code == 200
         time.sleep(1.1)  # LiveConfig's cache
         assert http.post("/api/peers/self/echo").json()["ok"] is True
+
+
+def test_association_and_instance_metrics(node: NodeServer, ct_dirs: list[Path]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(_admin_url(node) + "/metrics", timeout=10).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def count(m: dict, outcome: str) -> float:
+        return m.get(("srnode_associations_total", (("outcome", outcome),)), 0.0)
+
+    before = scrape()
+    echoscu = shutil.which("echoscu") or "echoscu"
+    port = str(node.port)
+    # An unknown calling AE is refused, a configured peer's AE title is accepted (DCMTK as the caller).
+    assert subprocess.run([echoscu, "-aet", "STRANGER", "-aec", "SRNODE", "127.0.0.1", port],
+                          capture_output=True, timeout=30).returncode != 0
+    assert subprocess.run([echoscu, "-aet", "PACS", "-aec", "SRNODE", "127.0.0.1", port],
+                          capture_output=True, timeout=30).returncode == 0
+    chest = next(d for d in ct_dirs if d.name.startswith("lung-pet-ct-dx"))
+    files = sorted(chest.glob("*.dcm"))[:2]
+    subprocess.run([shutil.which("storescu") or "storescu", "-aet", "PACS", "-aec", "SRNODE", "127.0.0.1", port,
+                    *map(str, files)], check=True, capture_output=True, timeout=60)
+    after = scrape()
+    assert count(after, "rejected_unknown_ae") - count(before, "rejected_unknown_ae") == 1
+    assert count(after, "accepted") - count(before, "accepted") == 2
+    assert after[("srnode_instances_received_total", (("modality", "CT"),))] == 2

@@ -33,6 +33,11 @@ def queue_depths(session: Any) -> dict[str, int]:
 def index_snapshot(session: Any) -> IndexSnapshot:
     """Queue depth, jobs per state, stage durations of finished jobs, failed send attempts."""
     snap = IndexSnapshot(queue_depth=queue_depths(session))
+    for modality, n in session.execute(
+        select(Series.modality, func.count(Instance.id)).join(Instance, Instance.series_pk == Series.id)
+        .where(Series.derived_from_job.is_(None)).group_by(Series.modality)
+    ):
+        snap.instances_received[modality] = n
     snap.jobs_by_state = {s.value: 0 for s in JobState}
     for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
         snap.jobs_by_state[state.value] = n
