@@ -69,9 +69,12 @@ def store_contexts(plan: RetrievePlan) -> list[PresentationContext]:
     wanted: dict[tuple[str, tuple[str, ...]], None] = {}
     for item in plan.stored:
         ts = UID(item.transfer_syntax_uid or ExplicitVRLittleEndian)
-        # Uncompressed: either native syntax (pynetdicom converts); compressed: exactly the stored one.
-        syntaxes = tuple(UNCOMPRESSED) if ts in UNCOMPRESSED or ts == "1.2.840.10008.1.2.2" else (ts,)
-        wanted[(item.sop_class_uid, syntaxes)] = None
+        # Uncompressed: either native syntax (pynetdicom converts). Compressed: the stored syntax in
+        # its own context, plus uncompressed ones in case the destination can't take it
+        # (fast_store then decompresses).
+        if ts.is_compressed:
+            wanted[(item.sop_class_uid, (ts,))] = None
+        wanted[(item.sop_class_uid, tuple(UNCOMPRESSED))] = None
     for v in plan.virtual:
         wanted[(_modality_storage_class(v.modality), tuple(UNCOMPRESSED))] = None
     contexts = [build_context(sop, list(syntaxes)) for sop, syntaxes in wanted]

@@ -18,6 +18,7 @@ class Orthanc:
                  aet: str = "ORTHANC") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{http_port}"
+        self.dicom_port = dicom_port
         config = {
             "Name": "srnode-test", "DicomAet": aet, "DicomPort": dicom_port, "HttpPort": http_port,
             "StorageDirectory": str(workdir / "db"), "IndexDirectory": str(workdir / "db"),

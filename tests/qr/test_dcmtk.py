@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from dicom_node.index.db import session_scope
-from dicom_node.ingest import index_instance
+from dicom_node.ingest import index_instance, store_encoded
 from tests.qr.conftest import NODE_AE, SCU_AE, RunningNode, run
 from tests.qr.synthetic import ROOT, make_instance
 
@@ -122,3 +124,27 @@ def test_get_real_ct_series(node: RunningNode, tmp_path: Path, ct_dirs: list[Pat
                "-k", f"SeriesInstanceUID={node.series[CPTAC]}", "127.0.0.1", str(node.port)], timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     _same_instances(sorted(tmp_path.glob("CT*")), next(d for d in ct_dirs if d.name == CPTAC))
+
+
+@pytest.fixture(scope="module")
+def jpeg_ct(node: RunningNode, shared_dir: Path) -> Dataset:
+    """The NEMA CT1 JPEG Lossless file, stored as received (compressed) through dicom_node.ingest."""
+    path = shared_dir / "data" / "misc" / "ct_nema-ct1_jpeg-lossless-sv1.dcm"
+    store_encoded(node.server.session_factory, node.server.storage_dir, path.read_bytes(), "TESTSCU")
+    return dcmread(path)
+
+
+@pytest.mark.parametrize("tool", ["movescu", "getscu"])
+def test_compressed_instance_decompressed_for_an_uncompressed_requester(
+        node: RunningNode, jpeg_ct: Dataset, tool: str, tmp_path: Path) -> None:
+    cmd = [tool, "-v", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-od", str(tmp_path)]
+    if tool == "movescu":
+        cmd += ["-aem", SCU_AE, "+P", str(node.scu_port)]  # movescu accepts uncompressed syntaxes only
+    res = run(cmd + ["-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={jpeg_ct.StudyInstanceUID}",
+                     "-k", f"SeriesInstanceUID={jpeg_ct.SeriesInstanceUID}",
+                     "-k", f"SOPInstanceUID={jpeg_ct.SOPInstanceUID}", "127.0.0.1", str(node.port)], timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (received,) = list(tmp_path.glob("CT*"))
+    got = dcmread(received)
+    assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(got.pixel_array, jpeg_ct.pixel_array)  # lossless: the same stored values

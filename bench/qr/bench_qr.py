@@ -1,0 +1,103 @@
+"""Query/Retrieve benchmark: C-FIND latency (100k instances) and C-MOVE throughput (300 CT slices).
+
+Usage (from the repository root):
+
+    .venv/bin/python -m bench.qr.bench_qr --out bench/qr/results
+
+Writes results.json, qr_bench.png and a Markdown table (printed, and results.md) next to it.
+References run in the same process run: Orthanc for C-FIND, DCMTK dcmqrscp for C-MOVE, both with
+TCP_NODELAY=1 in their environment.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bench.qr.find_bench import Timing, run_find_bench  # noqa: E402
+from bench.qr.move_bench import MoveResult, run_move_bench  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _shared_ct() -> list[Path]:
+    shared = Path(os.environ.get("SRNODE_SHARED_DIR", REPO.parent / "shared"))
+    return sorted(p for p in (shared / "data" / "ct").iterdir() if p.is_dir())
+
+
+def markdown(finds: list[Timing], moves: list[MoveResult], instances: int) -> str:
+    """The results as the tables for BENCHMARKS.md."""
+    lines = [f"C-FIND latency, index of {instances} instances (ms per query, request to final response):", "",
+             "| query | results | srnode median | srnode p95 | Orthanc median | Orthanc p95 |",
+             "|---|---|---|---|---|---|"]
+    by_query: dict[str, dict[str, Timing]] = {}
+    for t in finds:
+        by_query.setdefault(t.query, {})[t.server] = t
+    for query, per in by_query.items():
+        s, o = per["srnode"], per["Orthanc"]
+        lines.append(f"| {query} | {s.results} | {s.median:.1f} | {s.p95:.1f} | {o.median:.1f} | {o.p95:.1f} |")
+    lines += ["", f"C-MOVE of one {moves[0].instances}-instance CT series (512x512, ~0.5 MB each) to DCMTK "
+              "storescp --ignore, requested by movescu:", "",
+              "| archive | runs (s) | median rate (instances/s) |", "|---|---|---|"]
+    for m in moves:
+        lines.append(f"| {m.archive} | {', '.join(f'{x:.2f}' for x in m.seconds)} | {m.rate:.0f} |")
+    ratio = moves[0].rate / moves[1].rate
+    lines += ["", f"srnode / dcmqrscp C-MOVE rate: {100 * ratio:.0f}%"]
+    return "\n".join(lines)
+
+
+def plot(finds: list[Timing], moves: list[MoveResult], path: Path) -> None:
+    """Bar charts: C-FIND median latency per query, C-MOVE rate per archive."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    queries = list(dict.fromkeys(t.query for t in finds))
+    width = 0.38
+    for i, server in enumerate(["srnode", "Orthanc"]):
+        values = [next(t.median for t in finds if t.query == q and t.server == server) for q in queries]
+        ax1.bar([x + (i - 0.5) * width for x in range(len(queries))], values, width, label=server)
+    ax1.axhline(100, color="red", linestyle="--", linewidth=1, label="goal (SERIES level): 100 ms")
+    ax1.set_xticks(range(len(queries)), [q.replace(" (", "\n(").replace(" + ", "\n+ ") for q in queries], fontsize=7)
+    ax1.set_ylabel("median C-FIND latency (ms)")
+    ax1.legend()
+    ax2.bar([m.archive for m in moves], [m.rate for m in moves], color=["tab:blue", "tab:green"])
+    ax2.set_ylabel("C-MOVE rate (instances/s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "qr" / "results")
+    parser.add_argument("--patients", type=int, default=500, help="x 2 studies x 4 series x --per-series")
+    parser.add_argument("--per-series", type=int, default=25)
+    parser.add_argument("--find-repeats", type=int, default=20)
+    parser.add_argument("--move-instances", type=int, default=300)
+    parser.add_argument("--move-repeats", type=int, default=7)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    instances = args.patients * 8 * args.per_series
+    with tempfile.TemporaryDirectory(prefix="srnode-qr-bench-") as tmp:
+        finds = run_find_bench(Path(tmp) / "find", args.patients, args.per_series, args.find_repeats)
+        moves = run_move_bench(Path(tmp) / "move", _shared_ct(), args.move_instances, args.move_repeats)
+    table = markdown(finds, moves, instances)
+    print(table)
+    (args.out / "results.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps({
+        "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+        "find": [{"server": t.server, "query": t.query, "results": t.results, "ms": t.ms} for t in finds],
+        "move": [{"archive": m.archive, "seconds": m.seconds, "instances": m.instances} for m in moves],
+    }, indent=1))
+    plot(finds, moves, args.out / "qr_bench.png")
+
+
+if __name__ == "__main__":
+    main()
