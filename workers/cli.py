@@ -38,6 +38,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     concurrency = args.concurrency or cfg.worker.concurrency
     name = f"srnode-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     log.info("worker %s on %s consuming %s", name, device, ", ".join(queues))
+    if args.metrics_port:
+        from dicom_node.metrics import serve_http  # this worker's own /metrics (GPU memory)
+
+        serve_http(args.metrics_port)
     argv = [
         "worker", "--loglevel", "INFO", "-n", name, "-Q", ",".join(queues),
         # solo: one process owns the model cache and the device; threads share them.
@@ -56,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None, help="comma-separated models to serve (default: all routed ones)")
     p.add_argument("--concurrency", type=int, default=None, help="tasks at once in this process")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores − 1)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve this worker's Prometheus /metrics here")
     p.set_defaults(func=cmd_worker)
 
 

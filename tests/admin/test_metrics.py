@@ -50,3 +50,15 @@ def test_metrics_from_index(client: TestClient, sessions: sessionmaker[Session])
     assert m[("srnode_send_retries_total", (("destination", "ris"),))] == 2
     assert ("srnode_disk_free_bytes", (("volume", "storage"),)) in m
     assert m[("srnode_instances_received_total", (("modality", "CT"),))] == 1
+
+
+def test_worker_exporter_serves_the_registry() -> None:
+    import httpx
+
+    from dicom_node.metrics import serve_http
+    from tests.conftest import free_port
+
+    port = free_port()
+    serve_http(port, host="127.0.0.1")  # what `srnode worker --metrics-port` starts
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert "# TYPE srnode_associations_total counter" in text
