@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ class StoredFile(Dataset):
         # Plain attributes (not DICOM keywords): pydicom keeps them off the element dictionary.
         self.srnode_path = path
         self.srnode_syntax = UID(transfer_syntax_uid or ExplicitVRLittleEndian)
+        self.srnode_bytes: Future[bytes] | None = None  # set by read_ahead
+
 
 
 def _context_for(assoc: Any, sop_class: str, syntax: str) -> Any:
@@ -133,10 +137,24 @@ def _meta_end(data: bytes, path: Path) -> int:
     return split_dataset(path)[1]  # no group length: let pydicom walk the meta group
 
 
+def read_ahead(files: Iterator[StoredFile]) -> Iterator[StoredFile]:
+    """Start reading each file's bytes in a helper thread one item ahead, while the previous one is sent."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-read") as pool:
+        current = next(files, None)
+        if current is not None:
+            current.srnode_bytes = pool.submit(current.srnode_path.read_bytes)
+        while current is not None:
+            following = next(files, None)
+            if following is not None:
+                following.srnode_bytes = pool.submit(following.srnode_path.read_bytes)
+            yield current
+            current = following
+
+
 def _read(ds: StoredFile) -> memoryview:
     """The file's data set bytes (after the File Meta Information)."""
     try:
-        data = ds.srnode_path.read_bytes()
+        data = ds.srnode_bytes.result() if ds.srnode_bytes is not None else ds.srnode_path.read_bytes()
         return memoryview(data)[_meta_end(data, ds.srnode_path):]
     except OSError as exc:
         # pynetdicom counts the failure and lists the SOP Instance UID; this is our one line.

@@ -191,11 +191,12 @@ class QRService:
 
     def _sub_operations(self, event: evt.Event, plan: RetrievePlan) -> Iterator[tuple[Any, Any]]:
         """(status, dataset) pairs: Pending + StoredFile per instance, Cancel when asked to stop."""
-        for item in plan.stored:
+        files = (StoredFile(i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.path) for i in plan.stored)
+        for stored in fast_store.read_ahead(files):
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, StoredFile(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid, item.path)
+            yield PENDING, stored
         for virtual in plan.virtual:
             try:
                 for produced in self.provider.materialise(virtual.series_uid):
