@@ -4,7 +4,7 @@ Usage (from the repository root):
 
     .venv/bin/python -m bench.qr.bench_qr --out bench/qr/results
 
-Writes results.json, qr_bench.png and a Markdown table (printed, and results.md) next to it.
+`--only move` (or `find`) runs one half and writes results-move.* instead. Writes results.json, qr_bench.png and a Markdown table (printed, and results.md) next to it.
 References run in the same process run: Orthanc for C-FIND, DCMTK dcmqrscp for C-MOVE, both with
 TCP_NODELAY=1 in their environment.
 """
@@ -36,6 +36,12 @@ def _shared_ct() -> list[Path]:
 
 def markdown(finds: list[Timing], moves: list[MoveResult], instances: int) -> str:
     """The results as the tables for BENCHMARKS.md."""
+    return "\n\n".join(part for part in (_find_table(finds, instances), _move_table(moves)) if part)
+
+
+def _find_table(finds: list[Timing], instances: int) -> str:
+    if not finds:
+        return ""
     lines = [f"C-FIND latency, index of {instances} instances (ms per query, request to final response):", "",
              "| query | results | srnode median | srnode p95 | Orthanc median | Orthanc p95 |",
              "|---|---|---|---|---|---|"]
@@ -45,7 +51,13 @@ def markdown(finds: list[Timing], moves: list[MoveResult], instances: int) -> st
     for query, per in by_query.items():
         s, o = per["srnode"], per["Orthanc"]
         lines.append(f"| {query} | {s.results} | {s.median:.1f} | {s.p95:.1f} | {o.median:.1f} | {o.p95:.1f} |")
-    lines += ["", f"C-MOVE of one {moves[0].instances}-instance CT series (512x512, ~0.5 MB each) to DCMTK "
+    return "\n".join(lines)
+
+
+def _move_table(moves: list[MoveResult]) -> str:
+    if not moves:
+        return ""
+    lines = [f"C-MOVE of one {moves[0].instances}-instance CT series (512x512, ~0.5 MB each) to DCMTK "
               "storescp --ignore, requested by movescu:", "",
               "| archive | runs (s) | median rate (instances/s) |", "|---|---|---|"]
     for m in moves:
@@ -57,6 +69,8 @@ def markdown(finds: list[Timing], moves: list[MoveResult], instances: int) -> st
 
 def plot(finds: list[Timing], moves: list[MoveResult], path: Path) -> None:
     """Bar charts: C-FIND median latency per query, C-MOVE rate per archive."""
+    if not finds or not moves:
+        return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     queries = list(dict.fromkeys(t.query for t in finds))
     width = 0.38
@@ -81,17 +95,21 @@ def main() -> None:
     parser.add_argument("--find-repeats", type=int, default=20)
     parser.add_argument("--move-instances", type=int, default=300)
     parser.add_argument("--move-repeats", type=int, default=7)
+    parser.add_argument("--only", choices=["find", "move"], help="run one of the two (results-<name>.*)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     instances = args.patients * 8 * args.per_series
     with tempfile.TemporaryDirectory(prefix="srnode-qr-bench-") as tmp:
-        finds = run_find_bench(Path(tmp) / "find", args.patients, args.per_series, args.find_repeats)
-        moves = run_move_bench(Path(tmp) / "move", _shared_ct(), args.move_instances, args.move_repeats)
+        finds = [] if args.only == "move" else run_find_bench(
+            Path(tmp) / "find", args.patients, args.per_series, args.find_repeats)
+        moves = [] if args.only == "find" else run_move_bench(
+            Path(tmp) / "move", _shared_ct(), args.move_instances, args.move_repeats)
     table = markdown(finds, moves, instances)
     print(table)
-    (args.out / "results.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps({
+    stem = f"results-{args.only}" if args.only else "results"
+    (args.out / f"{stem}.md").write_text(table + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps({
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
         "find": [{"server": t.server, "query": t.query, "results": t.results, "ms": t.ms} for t in finds],
         "move": [{"archive": m.archive, "seconds": m.seconds, "instances": m.instances} for m in moves],

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.index.models import Instance, Series, Study
-from dicom_node.qr.attributes import ATTRIBUTES, Attr, Level, Model
+from dicom_node.qr.attributes import ATTRIBUTES, Attr, Level
 from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandProvider, VirtualSeries
 from dicom_node.qr.query import Query, select_rows
 

@@ -1,4 +1,4 @@
-"""C-MOVE/C-GET: which instances an identifier names, and reading them for the C-STORE sub-operations.
+"""C-MOVE/C-GET: which stored instances (and on-demand series) a retrieve identifier names.
 
 The identifier is matched with the same conditions as C-FIND (so a retrieve of a derived series
 works like any other), but rows are always IMAGE rows. A SeriesInstanceUID that the index does
@@ -6,7 +6,6 @@ not know may be a virtual on-demand series; `plan_retrieve` asks the provider ab
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from dicom_node.qr.matching import AnyOf, Exact
 from dicom_node.qr.on_demand import OnDemandProvider, ProducedInstance, VirtualSeries
 from dicom_node.qr.query import Query, select_rows
 from dicom_node.storage import resolve_in
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """C-MOVE details a DCMTK command line can't steer: cancel mid-move, partial failure, on-demand series."""
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
