@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,14 @@ UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 SUB_ASSOCIATION_POLL_S = 0.0002
 PENDING_INTERVAL_S = 0.1  # PS3.8: presentation context IDs are odd numbers 1..255
+
+
+class _Unavailable(RuntimeError):
+    """The index could not be read; the retrieve fails with 0xA701 (out of resources)."""
+
+
+def _failure_status(exc: Exception) -> int:
+    return 0xA701 if isinstance(exc, _Unavailable) else 0xA900
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -144,7 +152,12 @@ class QRService:
     cfg: SRNodeConfig
     sessions: sessionmaker[Session]
     storage_dir: Path
-    provider: OnDemandProvider = field(default_factory=on_demand_provider)
+    # None: whatever dicom_node.qr.on_demand.set_on_demand_provider installed, looked up per request
+    provider: OnDemandProvider | None = None
+
+    @property
+    def on_demand(self) -> OnDemandProvider:
+        return self.provider or on_demand_provider()
 
     # --- C-FIND -------------------------------------------------------------------------------
     def on_find(self, event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
@@ -165,7 +178,7 @@ class QRService:
         try:
             with self.sessions() as session:
                 for ds in find(session, query, limit=limit, retrieve_ae=self.cfg.node.ae_title,
-                               provider=self.provider, outcome=outcome):
+                               provider=self.on_demand, outcome=outcome):
                     if event.is_cancelled:
                         ending = "cancelled"
                         yield CANCEL, None
@@ -184,10 +197,14 @@ class QRService:
 
     # --- C-MOVE / C-GET shared ----------------------------------------------------------------
     def _plan(self, event: evt.Event) -> RetrievePlan:
+        """The retrieve plan; QueryError (0xA900) for a bad identifier, _Unavailable (0xA701) if the index fails."""
         model = model_of_sop_class(event.request.AffectedSOPClassUID)
         query = parse_query(event.identifier, model)
-        with self.sessions() as session:
-            return plan_retrieve(session, query, self.storage_dir, self.provider)
+        try:
+            with self.sessions() as session:
+                return plan_retrieve(session, query, self.storage_dir, self.on_demand)
+        except SQLAlchemyError as exc:
+            raise _Unavailable(f"index query failed ({type(exc).__name__})") from exc
 
     def _sub_operations(self, event: evt.Event, plan: RetrievePlan) -> Iterator[tuple[Any, Any]]:
         """(status, dataset) pairs: Pending + StoredFile per instance, Cancel when asked to stop."""
@@ -199,7 +216,7 @@ class QRService:
             yield PENDING, stored
         for virtual in plan.virtual:
             try:
-                for produced in self.provider.materialise(virtual.series_uid):
+                for produced in self.on_demand.materialise(virtual.series_uid):
                     if event.is_cancelled:
                         yield CANCEL, None
                         return
@@ -222,13 +239,13 @@ class QRService:
             return
         try:
             plan = self._plan(event)
-        except (QueryError, KeyError, ValueError, AttributeError) as exc:
+        except (QueryError, _Unavailable, KeyError, ValueError, AttributeError) as exc:
             log.warning("C-MOVE from %s to %s refused: %s", caller, destination, exc)
             # pynetdicom asks for the destination and a count before any status; one failed
             # sub-operation carries the failure and its comment.
             yield peer.host, peer.port, {"contexts": [build_context("1.2.840.10008.1.1")]}
             yield 1
-            yield _status(0xA900, str(exc)), None
+            yield _status(_failure_status(exc), str(exc)), None
             return
         yield peer.host, peer.port, {"contexts": store_contexts(plan),
                                      "evt_handlers": [(evt.EVT_CONN_OPEN, _prepare_sub_association)]}
@@ -250,10 +267,10 @@ class QRService:
         caller = event.assoc.requestor.ae_title
         try:
             plan = self._plan(event)
-        except (QueryError, KeyError, ValueError, AttributeError) as exc:
+        except (QueryError, _Unavailable, KeyError, ValueError, AttributeError) as exc:
             log.warning("C-GET from %s refused: %s", caller, exc)
             yield 1
-            yield _status(0xA900, str(exc)), None
+            yield _status(_failure_status(exc), str(exc)), None
             return
         yield plan.count
         sent = 0
