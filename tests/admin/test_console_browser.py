@@ -15,6 +15,7 @@ import pytest
 
 from config.loader import parse_config
 from dicom_node.admin.service import AdminService
+from dicom_node.index.models import Job, JobState
 from dicom_node.server import NodeServer
 from tests.admin.conftest import ADMIN, READ, auth
 from tests.conftest import free_port
@@ -145,6 +146,13 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
         page.get_by_test_id("nav-audit").click()
         expect(page.get_by_test_id("audit-table")).to_contain_text("config.set.routing")
         page.screenshot(path=str(shots / "09-audit.png"), full_page=True)
+        # Retry from the console: a failed job goes back to the pipeline and finishes again.
+        with node.session_factory() as session, session.begin():
+            failed = session.get(Job, job["id"])
+            failed.state, failed.error = JobState.failed, "simulated failure for the retry test"
+        page.get_by_test_id("nav-jobs").click()
+        page.get_by_test_id(f"retry-{job['id']}").click()
+        expect(page.get_by_test_id(f"job-state-{job['id']}")).to_have_text("done", timeout=90_000)
         page.get_by_test_id("nav-dashboard").click()
         expect(page.get_by_test_id("dash-jobs")).to_contain_text("done1")
         page.screenshot(path=str(shots / "10-dashboard-after.png"), full_page=True)

@@ -32,8 +32,8 @@ export default async function jobs(main, args, session) {
       { title: "Error", render: (r) => h("span", { class: "error" }, r.error) },
       { title: "", render: (r) => h("span", {},
         r.state === "done" && h("a", { href: `#/viewer/${r.id}`, testid: `view-${r.id}` }, "Compare"),
-        admin && ["failed", "cancelled"].includes(r.state) && h("button", { onclick: () => act(r.id, "retry") }, "Retry"),
-        admin && ["queued", "running"].includes(r.state) && h("button", { class: "danger", onclick: () => act(r.id, "cancel") }, "Cancel")) },
+        admin && ["failed", "cancelled"].includes(r.state) && h("button", { testid: `retry-${r.id}`, onclick: () => act(r.id, "retry") }, "Retry"),
+        admin && ["queued", "running"].includes(r.state) && h("button", { class: "danger", testid: `cancel-${r.id}`, onclick: () => act(r.id, "cancel") }, "Cancel")) },
     ], rows, "jobs-table"));
   }
 
