@@ -253,7 +253,8 @@ def encode(ds: Dataset, transfer_syntax: str) -> Dataset:
     """Re-encode `ds` in place in the configured transfer syntax (lossless only)."""
     uid = TRANSFER_SYNTAXES[transfer_syntax]
     if uid != ds.file_meta.TransferSyntaxUID:
-        ds.compress(uid, encoding_plugin="pylibjpeg" if uid == JPEG2000Lossless else "")
+        # pydicom would otherwise give a compressed copy a new SOP Instance UID: ours are deterministic.
+        ds.compress(uid, encoding_plugin="pylibjpeg" if uid == JPEG2000Lossless else "", generate_instance_uid=False)
     return ds
 
 

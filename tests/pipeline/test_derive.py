@@ -85,6 +85,7 @@ def test_every_ct_series_passes_dciodvfy(ct_dirs: list[Path], tmp_path: Path, tr
             # Lossless: the re-read HU equal what was written before encoding.
             assert np.array_equal(modality_values(reread), modality_values(classic[-1]))
             assert sha in list(reread.ContributingEquipmentSequence[-1].SoftwareVersions)
+            assert reread.SOPInstanceUID == derivation.sop_uid(src.SOPInstanceUID)  # encoding keeps the UID
         enhanced = derive_enhanced(classic, pairs[0][1].SeriesInstanceUID, derivation)
         out = tmp_path / f"{folder.name}_enhanced.dcm"
         enhanced.save_as(out, enforce_file_format=True)
