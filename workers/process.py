@@ -7,7 +7,6 @@ atomically; a second delivery of the same job finds it running with a fresh hear
 from __future__ import annotations
 
 import json
-from importlib import metadata
 import logging
 import threading
 import time
@@ -39,14 +38,6 @@ log = logging.getLogger(__name__)
 
 class PermanentJobError(Exception):
     """Retrying cannot help (bad source data, model mismatch): the job fails with this message."""
-
-
-def node_version() -> str:
-    """srnode's installed version (for Contributing Equipment)."""
-    try:
-        return metadata.version("srnode")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def utcnow() -> datetime:
@@ -178,11 +169,7 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
         )
     if model.scale != scale:
         raise PermanentJobError(f"model {model_name!r} is x{model.scale}, the job asks for x{scale}")
-    derivation = Derivation(
-        model=model_name, checkpoint_sha256=sha, scale=scale, node_ae=cfg.node.ae_title,
-        software_version=node_version(), series_description_prefix=cfg.output.series_description_prefix,
-        series_number_offset=cfg.output.series_number_offset, transfer_syntax=cfg.output.transfer_syntax,
-    )
+    derivation = Derivation.from_config(cfg, model_name, sha, scale)
     enhanced = cfg.output.encoding == "enhanced"
     files = [resolve_in(storage_dir, s.file_path) for s in sources]
     with factory() as session:

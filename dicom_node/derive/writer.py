@@ -8,6 +8,7 @@ Every UID is deterministic (`dicom_node.derive.uids`), so rewriting after a retr
 from __future__ import annotations
 
 import copy
+from importlib import metadata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from config.schema import SRNodeConfig
 from dicom_node.derive.geometry import scaled_image_position, scaled_pixel_spacing
 from dicom_node.derive.pixels import to_stored_pixels
 from dicom_node.derive.uids import derived_multiframe_sop_uid, derived_series_uid, derived_sop_uid
@@ -60,6 +62,14 @@ _NOT_COPIED = {
 }
 
 
+def node_version() -> str:
+    """srnode's installed version (for Contributing Equipment)."""
+    try:
+        return metadata.version("srnode")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 @dataclass(frozen=True)
 class Derivation:
     """What made the derived series: model identity, scale, and output settings."""
@@ -72,6 +82,15 @@ class Derivation:
     series_description_prefix: str = "SRx{scale} {model}: "
     series_number_offset: int = 1000
     transfer_syntax: str = "explicit_le"
+
+    @classmethod
+    def from_config(cls, cfg: SRNodeConfig, model: str, checkpoint_sha256: str, scale: int) -> "Derivation":
+        """The derivation a job of `model` makes under this node's output settings."""
+        return cls(
+            model=model, checkpoint_sha256=checkpoint_sha256, scale=scale, node_ae=cfg.node.ae_title,
+            software_version=node_version(), series_description_prefix=cfg.output.series_description_prefix,
+            series_number_offset=cfg.output.series_number_offset, transfer_syntax=cfg.output.transfer_syntax,
+        )
 
     def series_uid(self, source_series_uid: str) -> str:
         return derived_series_uid(source_series_uid, self.model, self.checkpoint_sha256, self.scale)
@@ -96,14 +115,15 @@ def _text(value: str, limit: int) -> str:
     return value[:limit]
 
 
-def _series_number(source: Dataset, derivation: Derivation) -> int:
-    number = int(getattr(source, "SeriesNumber", 0) or 0)
-    return max(1, number + derivation.series_number_offset)
+def derived_series_number(source_number: int | None, derivation: Derivation) -> int:
+    """SeriesNumber of the derived series: the source's plus output.series_number_offset."""
+    return max(1, int(source_number or 0) + derivation.series_number_offset)
 
 
-def _series_description(source: Dataset, derivation: Derivation) -> str:
+def derived_series_description(source_description: str, derivation: Derivation) -> str:
+    """SeriesDescription of the derived series: the configured prefix + the source's, ≤ 64 chars."""
     prefix = derivation.series_description_prefix.format(scale=derivation.scale, model=derivation.model)
-    return _text(prefix + str(getattr(source, "SeriesDescription", "") or ""), 64)
+    return _text(prefix + (source_description or ""), 64)
 
 
 def _patient_sex(source: Dataset) -> str | None:
@@ -170,7 +190,7 @@ def _base_object(source: Dataset, derivation: Derivation) -> Dataset:
     return hd.SOPClass(
         study_instance_uid=source.StudyInstanceUID,
         series_instance_uid=derivation.series_uid(source.SeriesInstanceUID),
-        series_number=_series_number(source, derivation),
+        series_number=derived_series_number(getattr(source, "SeriesNumber", None), derivation),
         sop_instance_uid=derivation.sop_uid(source.SOPInstanceUID),
         sop_class_uid=source.SOPClassUID,
         instance_number=max(1, int(getattr(source, "InstanceNumber", 1) or 1)),
@@ -186,7 +206,7 @@ def _base_object(source: Dataset, derivation: Derivation) -> Dataset:
         study_date=getattr(source, "StudyDate", None) or None,
         study_time=getattr(source, "StudyTime", None) or None,
         referring_physician_name=getattr(source, "ReferringPhysicianName", None),
-        series_description=_series_description(source, derivation),
+        series_description=derived_series_description(str(getattr(source, "SeriesDescription", "") or ""), derivation),
     )
 
 
