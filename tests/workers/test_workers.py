@@ -89,9 +89,10 @@ def test_dispatcher_requeues_stale_running_job(cfg, factory) -> None:  # type: i
 
 def test_embedded_transport_takes_stat_before_routine(cfg) -> None:  # type: ignore[no-untyped-def]
     app = make_celery(cfg)
-    for job_id in (1, 2, 3):
+    for job_id in (1, 2):
         app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "routine"))
-    app.send_task("srnode.process_job", args=[99], queue=queue_name("bicubic", "stat"))
+    for job_id in (98, 99):
+        app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "stat"))
     got: list[int] = []
     queues = [q for q in app.conf.task_queues]  # routine and stat, in any order
     with Connection(app.conf.broker_url, transport=app.conf.broker_transport) as conn:
@@ -106,9 +107,46 @@ def test_embedded_transport_takes_stat_before_routine(cfg) -> None:  # type: ign
                     conn.drain_events(timeout=1)
                 except TimeoutError:
                     pass
-    assert got[0] == 99 and sorted(got) == [1, 2, 3, 99]
+    assert got == [98, 99, 1, 2]  # strict: round robin would give 98, 1, 99, 2
 
 
 def test_backoff_is_exponential_and_capped() -> None:
     send = SendConfig(backoff_initial_s=2, backoff_max_s=30)
     assert [backoff_s(n, send) for n in (1, 2, 3, 4, 5, 6)] == [2, 4, 8, 16, 30, 30]
+
+
+def test_redis_broker_takes_stat_before_routine(tmp_path: Path) -> None:
+    import redis
+
+    db = 14  # this package's own Redis database
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    client.flushdb()
+    cfg = parse_config({
+        "node": {"storage_dir": str(tmp_path / "storage"), "database_url": f"sqlite:///{tmp_path / 'i.db'}"},
+        "routing": [{"match": {"modality": "CT"}, "model": "bicubic"}],
+        "broker_url": f"redis://127.0.0.1:6379/{db}",
+    }, environ={})
+    try:
+        app = make_celery(cfg)
+        for job_id in (1, 2):
+            app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "routine"))
+        for job_id in (98, 99):
+            app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "stat"))
+        got: list[int] = []
+        with app.connection_for_read() as conn:
+            def on_message(body, message):  # type: ignore[no-untyped-def]
+                got.append(body[0][0])
+                message.ack()
+
+            queues = list(app.conf.task_queues)  # the order `srnode worker -Q` uses: stat first
+            with Consumer(conn, queues=queues, callbacks=[on_message], accept=["json"], prefetch_count=1):
+                deadline = time.monotonic() + 10
+                while len(got) < 4 and time.monotonic() < deadline:
+                    try:
+                        conn.drain_events(timeout=1)
+                    except TimeoutError:
+                        pass
+        # Strict order, not round robin (which would give 98, 1, 99, 2).
+        assert got == [98, 99, 1, 2]
+    finally:
+        client.flushdb()
