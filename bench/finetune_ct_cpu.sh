@@ -13,7 +13,7 @@ TEST="$CT/lung-pet-ct-dx_Lung_Dx-A0002_chest"
 COMMON="--data $TRAIN --val-data $TEST --hr-patch 96 --batch 4 --lr 2e-4 --degradations off
         --val-every 100 --ckpt-every 50 --log-every 10 --val-slices 3 --threads 1 --no-progress"
 # RealESRGAN x4plus (16.7M params) from the official general-domain weights; on CPU only the
-# last 4 RRDB blocks, conv_body and the upsampler train (4.6M params), the rest stays frozen.
+# last 4 RRDB blocks, conv_body and the upsampler train (3.0M of 16.7M params), the rest is frozen.
 $PY -m dicom_node.cli train --preset realesrgan --init "$SHARED/weights/RealESRGAN_x4plus.pth" \
     --out "$RUNS/realesrgan_x4plus" --steps "${STEPS_X4PLUS:-400}" --cache-dir "$RUNS/cache_x4plus" \
     --trainable 'model\.(1\.sub\.(19|2[0-3])|3|6|8|10)\.' $COMMON > "$RUNS/realesrgan_x4plus.log" 2>&1 &

@@ -112,6 +112,7 @@ def _card_markdown(card: dict[str, Any]) -> str:
         if m.get(key):
             b, v = m[key]["bicubic"], m[key]["model"]
             lines.append(f"| {label} | {b['psnr']:.2f} / {b['ssim']:.4f} | {v['psnr']:.2f} / {v['ssim']:.4f} |")
+    lines += ["", "Training curves: `training_curves.png`."]
     if card.get("attribution"):
         lines += ["", "## Data attribution", "", card["attribution"].strip()]
     lines += ["", "## Node registry entry", "", "```yaml", card["registry_yaml"].rstrip(), "```", ""]
@@ -181,6 +182,9 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
         "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "attribution": attribution, "registry_yaml": reg_yaml,
     }
+    if (run / "log.csv").exists():
+        from training.curves import plot_curves
+        plot_curves(run / "log.csv", dest / "training_curves.png", title=name)
     (dest / _CARD_JSON).write_text(json.dumps(card, indent=1, default=str))
     (dest / "MODEL_CARD.md").write_text(_card_markdown(card))
     (dest / "registry.yaml").write_text(reg_yaml)

@@ -67,6 +67,7 @@ def test_train_resume_export_load(ct_by_name: dict[str, Path], tiny_preset: Pres
     assert json.loads((dest / "model_card.json").read_text())["intensity"] == {
         "mode": "fixed", "low": -1024.0, "high": 3071.0}
     assert "sha256" in (dest / "MODEL_CARD.md").read_text()
+    assert (dest / "training_curves.png").stat().st_size > 10_000
     cfg_path = tmp_path / "node.yaml"
     cfg_path.write_text(yaml.safe_dump({"node": {"ae_title": "SRTEST"}}))
     add_model_from_card(dest / "model_card.json", cfg_path)
