@@ -7,6 +7,7 @@ whatever its layout, goes through ``REGISTRY.load``.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -148,14 +149,14 @@ def state_dict_for_export(model: torch.nn.Module | ModelDescriptor) -> dict[str,
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    """Tensors from a .safetensors file or a weights-only torch pickle (nothing executable)."""
+def _read_state_dict(path: Path, data: bytes) -> dict[str, Any]:
+    """Tensors from safetensors bytes or a weights-only torch pickle (nothing executable)."""
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load as load_safetensors
 
-            return dict(load_file(str(path), device="cpu"))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            return dict(load_safetensors(data))
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one refusal
         raise CheckpointError(f"{path}: not a readable weights-only checkpoint ({exc})") from exc
     if not isinstance(obj, dict):
@@ -225,17 +226,24 @@ def load_state_dict(
     return descriptor.eval()
 
 
+def load_checkpoint_verified(
+    path: str | Path, expected_arch: str | None = None, sha256: str | None = None
+) -> tuple[ModelDescriptor, str]:
+    """`load_checkpoint` plus the sha256 of the bytes actually loaded (read once: no swap after the check)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and actual != sha256.lower():
+        raise CheckpointError(
+            f"{path}: sha256 mismatch (expected {sha256.lower()}, file has {actual}); refusing to load"
+        )
+    return load_state_dict(_read_state_dict(path, data), expected_arch, source=str(path)), actual
+
+
 def load_checkpoint(
     path: str | Path, expected_arch: str | None = None, sha256: str | None = None
 ) -> ModelDescriptor:
     """Strictly load a checkpoint file; a sha256 mismatch or a key mismatch is a refusal."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if sha256 is not None:
-        actual = file_sha256(path)
-        if actual != sha256.lower():
-            raise CheckpointError(
-                f"{path}: sha256 mismatch (expected {sha256.lower()}, file has {actual}); refusing to load"
-            )
-    return load_state_dict(_read_state_dict(path), expected_arch, source=str(path))
+    return load_checkpoint_verified(path, expected_arch, sha256)[0]

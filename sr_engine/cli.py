@@ -52,7 +52,8 @@ def _threads(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> registry.LoadedModel:
     return registry.load(
-        _spec(args), args.device, tile=args.tile or None, overlap=args.overlap, batch=args.batch
+        _spec(args), args.device, tile=args.tile or None, overlap=args.overlap, batch=args.batch,
+        precision=args.precision,
     )
 
 
@@ -198,6 +199,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=16, help="LR tile overlap in pixels")
     p.add_argument("--batch", type=int, default=4, help="slices per batch")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU is faster where supported")
 
 
 def _guard(func):  # noqa: ANN001, ANN202 - wraps a command so user errors are one line, not a trace

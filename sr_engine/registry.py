@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from config.schema import IntensityConfig, ModelEntry
-from sr_engine.archs import ARCHS, CheckpointError, file_sha256, load_checkpoint
+from sr_engine.archs import ARCHS, CheckpointError, load_checkpoint_verified
 from sr_engine.intensity import IntensityMapping, mapping_for
 from sr_engine.interpolate import INTERPOLATORS
 from sr_engine.upscale import Upscaler
@@ -112,8 +112,7 @@ def load(
         raise CheckpointError(
             f"model {spec.name!r} ({spec.arch}) has no weights: pass --weights or set models.{spec.name}.weights"
         )
-    digest = file_sha256(spec.weights)
-    descriptor = load_checkpoint(spec.weights, expected_arch=spec.arch, sha256=spec.sha256 or digest)
+    descriptor, digest = load_checkpoint_verified(spec.weights, expected_arch=spec.arch, sha256=spec.sha256)
     if descriptor.scale != spec.scale:
         raise CheckpointError(
             f"{spec.weights}: checkpoint is x{descriptor.scale}, model {spec.name!r} is configured x{spec.scale}"

@@ -19,14 +19,17 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sr_engine.archs import count_parameters, create_model, load_checkpoint, load_state_dict, state_dict_for_export  # noqa: E402
 from sr_engine.interpolate import Bicubic  # noqa: E402
-from sr_engine.metrics import psnr  # noqa: E402
+from sr_engine.intensity import CT_MAPPING, modality_values  # noqa: E402
+from sr_engine.metrics import degrade, psnr  # noqa: E402
 from sr_engine.upscale import Upscaler  # noqa: E402
 
 # The paper's GPU seconds per slice (128->512, 512->2048).
@@ -54,11 +57,20 @@ def _timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t, out
 
 
+def _input(size: int, ct_slice: Path | None) -> torch.Tensor:
+    """LR input [1, 1, size, size] in [0, 1]: a CT slice in the HU mapping, degraded, or noise."""
+    if ct_slice is None:
+        torch.manual_seed(0)
+        return torch.rand(1, 1, size, size)
+    hu = torch.from_numpy(modality_values(pydicom.dcmread(ct_slice)))[None, None]
+    unit = CT_MAPPING.to_unit(F.interpolate(hu, size=(size * 4, size * 4), mode="bicubic", antialias=True))
+    return degrade(unit, 4).clamp(0, 1)
+
+
 def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int, device: torch.device,
-                weights_dir: Path | None, bar: tqdm) -> dict:
+                weights_dir: Path | None, bar: tqdm, ct_slice: Path | None = None) -> dict:
     """Median seconds per slice of every variant for one model and LR size."""
-    torch.manual_seed(0)
-    x = torch.rand(1, 1, size, size)
+    x = _input(size, ct_slice)
     if arch == "bicubic":
         module, params, channels = Bicubic(4).to(device), 0, 1
         desc = module
@@ -95,7 +107,9 @@ def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int,
         "model": arch, "lr": size, "hr": size * 4, "params": params, "reps": reps, "tile": tile,
         "seconds": times, "median_s": med,
         "speedup_vs_naive": {k: med["naive"] / v for k, v in med.items() if k != "naive"},
+        # PSNR of each variant's output against the naive fp32 output, in the unit range and in HU (4095).
         "psnr_vs_naive_db": {k: psnr(outputs[k], outputs["naive"], 1.0).item() for k in outputs if k != "naive"},
+        "max_abs_diff_hu": {k: (outputs[k] - outputs["naive"]).abs().max().item() * 4095 for k in outputs if k != "naive"},
     }
     paper = PAPER_GPU_S.get(arch)
     if paper:
@@ -114,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--ct-slice", type=Path, default=None,
+                   help="DICOM CT slice used as input (resized to 4x size, degraded) instead of noise")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             for arch in args.models:
                 rows.append(bench_model(arch, size, args.variants, args.reps, args.tile or None, device,
-                                        args.weights_dir, bar))
+                                        args.weights_dir, bar, args.ct_slice))
                 r = rows[-1]
                 tqdm.write(
                     f"{arch:>10} {size}->{size * 4}: " + ", ".join(f"{k} {v:.3f}s" for k, v in r["median_s"].items())
