@@ -369,7 +369,7 @@ class EmbeddedWorker:
 
     def _spawn(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(self.config_file)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(self.config_file), "--quiet"],
                                      env=env, preexec_fn=_die_with_parent)
         log.info("embedded worker started (pid %d)", self.proc.pid)
 

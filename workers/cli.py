@@ -43,7 +43,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         serve_http(args.metrics_port)
     argv = [
-        "worker", "--loglevel", "INFO", "-n", name, "-Q", ",".join(queues),
+        *(["--quiet"] if args.quiet else []), "worker", "--loglevel", "WARNING" if args.quiet else "INFO", "-n", name, "-Q", ",".join(queues),
         # solo: one process owns the model cache and the device; threads share them.
         "--pool", "solo" if concurrency == 1 else "threads", "--concurrency", str(concurrency),
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--prefetch-multiplier", "1",
@@ -60,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None, help="comma-separated models to serve (default: all routed ones)")
     p.add_argument("--concurrency", type=int, default=None, help="tasks at once in this process")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores − 1)")
+    p.add_argument("--quiet", action="store_true", help="no banner, warnings only (the node's embedded worker)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve this worker's Prometheus /metrics here")
     p.set_defaults(func=cmd_worker)
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     register(sub)
     args = parser.parse_args(["worker", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args) or 0)
 
 
