@@ -43,7 +43,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         serve_http(args.metrics_port)
     argv = [
-        *(["--quiet"] if args.quiet else []), "worker", "--loglevel", "WARNING" if args.quiet else "INFO", "-n", name, "-Q", ",".join(queues),
+        *(["--quiet"] if args.quiet else []), "worker", "--loglevel", "WARNING" if args.quiet else "INFO",
+        "-n", name, "-Q", ",".join(queues),
         # solo: one process owns the model cache and the device; threads share them.
         "--pool", "solo" if concurrency == 1 else "threads", "--concurrency", str(concurrency),
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--prefetch-multiplier", "1",

@@ -132,3 +132,23 @@ def test_model_changed_since_routing_is_permanent(tmp_path: Path, stored) -> Non
         s.commit()
     with pytest.raises(PermanentJobError, match="re-route"):
         run_job(cfg, factory, job_id, "cpu", "t1")
+
+
+def test_missing_source_file_is_retried_then_fails_with_reason(tmp_path: Path, stored) -> None:  # type: ignore[no-untyped-def]
+    """What a remote worker without the shared storage sees: retries with backoff, then a clear error."""
+    from workers.app import TASK_PROCESS_JOB, make_celery
+    from workers.tasks import WorkerRuntime, register_tasks
+
+    factory, series_pk, _ = stored
+    cfg = make_cfg(tmp_path, [{"match": {"modality": "CT"}, "model": "bicubic"}], worker={"max_retries": 2})
+    (job_id,) = route_series(cfg, factory, series_pk)
+    with factory() as s:
+        first = s.query(Instance).filter(Instance.series_pk == series_pk).first()
+        (Path(cfg.node.storage_dir) / first.file_path).unlink()
+    app = make_celery(cfg)
+    app.conf.task_always_eager = True  # retries run in-process, immediately
+    register_tasks(app, WorkerRuntime(cfg=cfg, factory=factory, device="cpu"))
+    assert app.tasks[TASK_PROCESS_JOB].apply(args=[job_id]).get() == "failed"
+    (job,) = jobs(factory)
+    assert job.state == JobState.failed and job.attempts == 3
+    assert "gave up after 2 retries" in job.error and "FileNotFoundError" in job.error
