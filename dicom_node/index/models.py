@@ -211,3 +211,84 @@ class ConfigOverride(Base):
 
 Index("ix_series_state_last", Series.state, Series.last_received_at)
 Index("ix_outbox_due", Outbox.state, Outbox.next_attempt_at)
+
+
+# --- Reader study (issue 10): blinded ranking of SR candidates. See docs/reader_study.md. ---
+
+
+class ReaderStudy(Base):
+    """One blinded reader study: its definition (JSON), state and the secret behind opaque ids."""
+
+    __tablename__ = "reader_study"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    definition_json: Mapped[str] = mapped_column(Text)
+    # draft → computing → open → closed; failed when candidates could not be computed.
+    state: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Keys the per-reader candidate ids; never leaves the server.
+    secret: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ReaderStudyCase(Base):
+    """One case: a source slice (crop) at one scale setting; `k` orders the cases of a study."""
+
+    __tablename__ = "reader_study_case"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("reader_study.id"), index=True)
+    k: Mapped[int] = mapped_column(Integer)
+    scale_key: Mapped[str] = mapped_column(String(16))  # "128to512" | "512to2048"
+    instance_pk: Mapped[int] = mapped_column(ForeignKey("instance.id"))
+    crop_json: Mapped[str] = mapped_column(String(128), default="")  # [y, x, h, w] of the source slice
+    truth_path: Mapped[str] = mapped_column(Text, default="")  # float32 .npy, relative to storage_dir
+    __table_args__ = (UniqueConstraint("study_id", "k", name="uq_reader_study_case_k"),)
+
+
+class ReaderStudyCandidate(Base):
+    """One model's output for one case, cached as a float32 .npy (modality values, e.g. HU)."""
+
+    __tablename__ = "reader_study_candidate"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("reader_study_case.id"), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), default="")
+    array_path: Mapped[str] = mapped_column(Text, default="")
+    psnr_db: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ssim: Mapped[float | None] = mapped_column(Float, nullable=True)
+    __table_args__ = (UniqueConstraint("case_id", "model", name="uq_reader_study_candidate"),)
+
+
+class ReaderStudyPresentation(Base):
+    """What one reader is shown for one case: its place in the reader's sequence and the display order."""
+
+    __tablename__ = "reader_study_presentation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("reader_study.id"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("reader_study_case.id"))
+    reader: Mapped[str] = mapped_column(String(64))  # token fingerprint
+    position: Mapped[int] = mapped_column(Integer)  # 0-based place in this reader's sequence
+    order_json: Mapped[str] = mapped_column(Text)  # candidate ids, left to right (A, B, C...)
+    __table_args__ = (
+        UniqueConstraint("case_id", "reader", name="uq_reader_study_presentation"),
+        Index("ix_reader_study_presentation_seq", "study_id", "reader", "position"),
+    )
+
+
+class ReaderStudyAnswer(Base):
+    """One submitted answer (audit: every submission is kept; the newest per case and reader counts)."""
+
+    __tablename__ = "reader_study_answer"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("reader_study.id"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("reader_study_case.id"), index=True)
+    reader: Mapped[str] = mapped_column(String(64), index=True)
+    ranking_json: Mapped[str] = mapped_column(Text)  # candidate ids, best first
+    display_order_json: Mapped[str] = mapped_column(Text)  # candidate ids as shown, left to right
+    answered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seconds_on_case: Mapped[float | None] = mapped_column(Float, nullable=True)
