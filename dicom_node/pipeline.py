@@ -293,12 +293,18 @@ class Dispatcher:
         self._wake.set()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 self.requeue_stale()
                 self.dispatch_pending()
-            except Exception:  # noqa: BLE001 - broker or database briefly away; next poll retries
-                log.exception("dispatch pass failed; retrying")
+                if failing:
+                    log.info("dispatch works again")
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - broker or database away; the next poll retries
+                if not failing:  # one line per outage, not one per poll
+                    log.warning("cannot dispatch jobs (%s: %s); retrying every %.0f s", type(exc).__name__, exc, self.poll_s)
+                failing = True
             self._wake.wait(self.poll_s)
             self._wake.clear()
 

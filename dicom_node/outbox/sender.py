@@ -86,8 +86,8 @@ class OutboxSender:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - e.g. database briefly locked; next poll retries
-                log.exception("outbox pass failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - e.g. database briefly locked; next poll retries
+                log.warning("outbox pass failed (%s: %s); retrying", type(exc).__name__, exc)
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
