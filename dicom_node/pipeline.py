@@ -117,7 +117,7 @@ def ensure_job(cfg: SRNodeConfig, factory: sessionmaker[Session], series_pk: int
                       priority=rule.priority, destinations=",".join(rule.destinations),
                       derived_series_uid=derived_series_uid(series.series_uid, rule.model, sha, scale) if sha else "",
                       progress_total=n_images, state=JobState.failed if error else JobState.queued, error=error,
-                      finished_at=utcnow() if error else None)
+                      finished_at=utcnow() if error else None, timings=json.dumps(_arrival_timings(series)))
             session.add(job)
             try:
                 session.flush()
@@ -133,6 +133,18 @@ def ensure_job(cfg: SRNodeConfig, factory: sessionmaker[Session], series_pk: int
             job.state, job.task_id, job.error, job.progress_total = JobState.queued, "", "", n_images
             log.info("job #%d queued again: series #%d now has %d slice(s)", job.id, series_pk, n_images)
         return job.id
+
+
+def _arrival_timings(series: Series) -> dict[str, float]:
+    # The first two stages of the job's timeline, from the series row (seconds).
+    def seconds(a: datetime | None, b: datetime | None) -> float:
+        if a is None or b is None:
+            return 0.0
+        aware = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in (a, b)]
+        return round((aware[1] - aware[0]).total_seconds(), 4)
+
+    return {"receive": seconds(series.first_received_at, series.last_received_at),
+            "stability": seconds(series.last_received_at, series.stable_at)}
 
 
 def route_series(cfg: SRNodeConfig, factory: sessionmaker[Session], series_pk: int) -> list[int]:

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from config.schema import SRNodeConfig
 from dicom_node.derive.writer import Derivation, derive_classic, derive_enhanced, encode
 from dicom_node.index.db import session_scope
-from dicom_node.index.models import Instance, Job, JobState, Series
+from dicom_node.index.models import Instance, Job, JobState, Outbox, OutboxState, Series
 from dicom_node.ingest import store_dataset
 from dicom_node.outbox.queue import enqueue
 from dicom_node.storage import resolve_in
@@ -59,7 +59,8 @@ class Timings:
             self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - t0
 
     def to_json(self, extra: dict[str, float]) -> str:
-        return json.dumps({k: round(v, 4) for k, v in {**extra, **self.stages}.items()})
+        # A resumed job's stages replace the earlier attempt's; arrival stages are kept.
+        return json.dumps({k: round(float(v), 4) for k, v in {**extra, **self.stages}.items()})
 
 
 def claim_job(factory: sessionmaker[Session], job_id: int, task_id: str, heartbeat_timeout_s: float) -> bool:
@@ -219,9 +220,21 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
         job.state = JobState.done
         job.finished_at = utcnow()
         job.error = ""
-        job.timings = timings.to_json({"queue": queued_s})
+        job.timings = timings.to_json({**_json(job.timings), "queue": queued_s})
+        if destinations and not session.scalar(select(func.count()).select_from(Outbox).where(
+                Outbox.job_pk == job_id, Outbox.state == OutboxState.pending)):
+            # Everything went out while the job ran: sending added nothing to its timeline.
+            job.timings = json.dumps({**_json(job.timings), "send": 0.0})
     log.info("job #%d done: %d slices with %s x%d (%s)", job_id, len(sources), model_name, scale, timings.to_json({}))
     return "done"
+
+
+def _json(text: str) -> dict[str, float]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _chunks(todo: list[int], files: list[Path], size: int) -> Iterator[list[int]]:

@@ -5,17 +5,18 @@ the last committed row left off.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from config.schema import SendConfig
-from dicom_node.index.models import Instance, Outbox, OutboxState
+from dicom_node.index.models import Instance, Job, JobState, Outbox, OutboxState
 
 
 def utcnow() -> datetime:
@@ -87,13 +88,34 @@ def backoff_s(attempts: int, send: SendConfig) -> float:
 
 
 def mark_delivered(session: Session, outbox_id: int) -> None:
-    """Record a successful C-STORE."""
+    """Record a successful C-STORE (and, for a job's last one, the job's send time)."""
     row = session.get(Outbox, outbox_id)
-    if row is not None:
-        row.state = OutboxState.delivered
-        row.attempts += 1
-        row.delivered_at = utcnow()
-        row.last_error = ""
+    if row is None:
+        return
+    row.state = OutboxState.delivered
+    row.attempts += 1
+    row.delivered_at = utcnow()
+    row.last_error = ""
+    if row.job_pk is not None:
+        _record_send_tail(session, row.job_pk, row.delivered_at)
+
+
+def _record_send_tail(session: Session, job_pk: int, delivered_at: datetime) -> None:
+    # Sending overlaps inference; what the job's timeline gains is finished → last delivered.
+    session.flush()
+    job = session.get(Job, job_pk)
+    if job is None or job.state != JobState.done or job.finished_at is None:
+        return
+    pending = session.scalar(select(func.count()).select_from(Outbox).where(
+        Outbox.job_pk == job_pk, Outbox.state == OutboxState.pending))
+    if pending:
+        return
+    try:
+        timings = json.loads(job.timings) if job.timings else {}
+    except ValueError:
+        timings = {}
+    timings["send"] = round(max(0.0, (delivered_at - _aware(job.finished_at)).total_seconds()), 4)
+    job.timings = json.dumps(timings)
 
 
 def mark_failed_attempt(session: Session, outbox_id: int, error: str, send: SendConfig) -> OutboxState:

@@ -43,7 +43,8 @@ def test_embedded_default(tmp_path: Path, orthanc: Orthanc, node_port: int, ct_s
         node.stop()
     (job,) = jobs(cfg)
     assert job.state == JobState.done and (job.progress_done, job.progress_total) == (4, 4)
-    assert {"queue", "read", "infer", "write"} <= set(json.loads(job.timings))
+    # The whole timeline on the job row: arrival, queue, worker stages, send tail.
+    assert {"receive", "stability", "queue", "read", "infer", "write", "send"} <= set(json.loads(job.timings))
 
 
 def start_worker(config_file: Path, log: Path) -> subprocess.Popen:
