@@ -100,21 +100,27 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     instances = args.patients * 8 * args.per_series
+    # Results are written before the temporary directory (100k Orthanc files) is removed.
     with tempfile.TemporaryDirectory(prefix="srnode-qr-bench-") as tmp:
         finds = [] if args.only == "move" else run_find_bench(
             Path(tmp) / "find", args.patients, args.per_series, args.find_repeats)
         moves = [] if args.only == "find" else run_move_bench(
             Path(tmp) / "move", _shared_ct(), args.move_instances, args.move_repeats)
+        write_results(args.out, args.only, finds, moves, instances)
+
+
+def write_results(out: Path, only: str | None, finds: list[Timing], moves: list[MoveResult], instances: int) -> None:
+    """results[-only].md/.json and (full runs) qr_bench.png under `out`; the table is printed too."""
     table = markdown(finds, moves, instances)
     print(table)
-    stem = f"results-{args.only}" if args.only else "results"
-    (args.out / f"{stem}.md").write_text(table + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({
+    stem = f"results-{only}" if only else "results"
+    (out / f"{stem}.md").write_text(table + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
         "find": [{"server": t.server, "query": t.query, "results": t.results, "ms": t.ms} for t in finds],
         "move": [{"archive": m.archive, "seconds": m.seconds, "instances": m.instances} for m in moves],
     }, indent=1))
-    plot(finds, moves, args.out / "qr_bench.png")
+    plot(finds, moves, out / "qr_bench.png")
 
 
 if __name__ == "__main__":
