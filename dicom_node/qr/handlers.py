@@ -53,7 +53,7 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
-SUB_ASSOCIATION_POLL_S = 0.0002
+SUB_ASSOCIATION_POLL_S = 0.00005
 PENDING_INTERVAL_S = 0.1  # PS3.8: presentation context IDs are odd numbers 1..255
 
 
