@@ -243,10 +243,14 @@ def reader_studies(sessions: sessionmaker[Session], reader: str) -> list[dict[st
             definition = _definition(study)
             if reader not in definition.readers:
                 continue
-            total = session.scalar(select(func.count()).select_from(ReaderStudyPresentation).where(
-                ReaderStudyPresentation.study_id == study.id, ReaderStudyPresentation.reader == reader))
+            seq = session.execute(select(ReaderStudyPresentation.position, ReaderStudyPresentation.case_id).where(
+                ReaderStudyPresentation.study_id == study.id, ReaderStudyPresentation.reader == reader)
+                .order_by(ReaderStudyPresentation.position)).all()
+            answered = {case_id for case_id, _r in _latest_answers(session, study.id, reader)}
+            # Where a resumed session continues: the first case of the sequence not answered yet.
+            pending = [pos + 1 for pos, case_id in seq if case_id not in answered]
             out.append({"id": study.id, "name": study.name, "state": study.state, "task": definition.task,
-                        "total": total, "answered": len(_latest_answers(session, study.id, reader))})
+                        "total": len(seq), "answered": len(answered), "next": pending[0] if pending else None})
     return out
 
 
@@ -331,6 +335,19 @@ def submit_answer(sessions: sessionmaker[Session], study_id: int, reader: str, p
                                       seconds_on_case=seconds_on_case))
         _audit(session, f"reader:{reader}", "reader_study.answer", {"study": study_id, "position": position})
     return {"ok": True, "position": position}
+
+
+def series_slices(sessions: sessionmaker[Session], series_uid: str) -> list[dict[str, Any]]:
+    """Single-frame image slices of a stored series in geometric order (for picking study slices)."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Instance).join(Series).where(Series.series_uid == series_uid, Instance.is_image)
+        ).scalars().all()
+        rows = [r for r in rows if (r.number_of_frames or 1) <= 1]
+        rows.sort(key=lambda i: (i.slice_location if i.slice_location is not None else float("inf"),
+                                 i.instance_number or 0, i.sop_instance_uid))
+        return [{"sop_instance_uid": r.sop_instance_uid, "instance_number": r.instance_number,
+                 "slice_location": r.slice_location, "size": [r.rows, r.columns]} for r in rows]
 
 
 # --- what admins see --------------------------------------------------------------------------

@@ -52,6 +52,12 @@ def readers(request: Request, _: Principal = Depends(require_read)) -> list[dict
     return [{"reader": fp} for fp in service.reader_accounts(ctx_of(request).live.current())]
 
 
+@router.get("/reader-studies/series/{series_uid}/slices")
+def slices(series_uid: str, request: Request, _: Principal = Depends(require_read)) -> list[dict[str, Any]]:
+    """Slices of a stored series in geometric order, to pick a study's cases from."""
+    return service.series_slices(ctx_of(request).sessions, series_uid)
+
+
 @router.get("/reader-studies")
 def list_studies(request: Request, _: Principal = Depends(require_read)) -> list[dict[str, Any]]:
     """Every study with state, candidate progress and answers per reader."""
