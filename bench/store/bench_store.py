@@ -144,6 +144,45 @@ def start_orthanc(work: Path, port: int) -> subprocess.Popen:  # type: ignore[ty
     return proc
 
 
+# A bare pynetdicom SCP that reads each dataset and answers Success without storing anything:
+# the ceiling of any pynetdicom-based node on this machine.
+_NOOP_SCP = """
+import signal, sys, threading
+from pathlib import Path
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+n = [0]
+def store(event):
+    event.encoded_dataset()
+    n[0] += 1
+    return 0
+ae = AE()
+ae.maximum_pdu_size = 4 * 1024 * 1024
+ae.add_supported_context(Verification)
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+server = ae.start_server(("127.0.0.1", int(sys.argv[1])), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: done.set())
+done.wait()
+server.shutdown()
+Path(sys.argv[2]).write_text(str(n[0]))
+"""
+
+
+def start_noop(work: Path, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+    proc = subprocess.Popen([sys.executable, "-c", _NOOP_SCP, str(port), str(work / "count")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: echo_ok(port), "pynetdicom no-op SCP")
+    return proc
+
+
+def count_noop(work: Path, port: int) -> int:
+    # Read after the process has stopped (see main: counted once the receiver is stopped).
+    return -1
+
+
 def count_orthanc(work: Path, port: int) -> int:
     http = int((work / "http_port").read_text())
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/statistics", timeout=30) as r:
@@ -188,6 +227,7 @@ def main() -> int:
         Receiver("storescp", _storescp(False), count_files),
         Receiver("storescp --fork", _storescp(True), count_files),
         Receiver("Orthanc", start_orthanc, count_orthanc),
+        Receiver("pynetdicom no-op", start_noop, count_noop),
     ]
     if args.only:
         receivers = [r for r in receivers if r.name in args.only]
@@ -212,6 +252,8 @@ def main() -> int:
                     held = receiver.count(work, port)
                 finally:
                     stop(proc)
+                if held < 0:  # counted by the receiver itself on exit
+                    held = int((work / "count").read_text())
                 key = f"{receiver.name} x{parallel}"
                 entry = results.setdefault(key, {"receiver": receiver.name, "associations": parallel, "rates": [], "lost": 0})
                 entry["rates"].append(len(files) / elapsed)  # type: ignore[union-attr]
@@ -244,7 +286,7 @@ def _plot(results: dict[str, dict[str, object]], path: Path) -> None:
 
     keys = list(results)
     medians = [float(results[k]["median"]) for k in keys]  # type: ignore[arg-type]
-    colors = ["tab:green" if results[k]["receiver"] == "srnode" else "tab:gray" for k in keys]
+    colors = ["tab:green" if str(results[k]["receiver"]).startswith("srnode") else "tab:gray" for k in keys]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.barh(keys, medians, color=colors)
     for i, v in enumerate(medians):
