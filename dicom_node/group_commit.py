@@ -39,14 +39,26 @@ class GroupCommitter:
         self._queue.put((fn, future))
         return future.result()
 
+    def close(self) -> None:
+        """Stop the writer thread once the queued work is done."""
+        self._queue.put((None, None))  # type: ignore[arg-type]
+        self._thread.join(30)
+
     def _loop(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            first = self._queue.get()
+            if first[0] is None:
+                return
+            batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item[0] is None:
+                    self._queue.put(item)  # stop after this batch
+                    break
+                batch.append(item)
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
@@ -84,3 +96,11 @@ def committer_for(factory: sessionmaker[Session], clean_errors: tuple[type[BaseE
         if committer is None or committer.factory is not factory:
             committer = _committers[id(factory)] = GroupCommitter(factory, clean_errors)
         return committer
+
+
+def close_committer(factory: sessionmaker[Session]) -> None:
+    """Stop and forget the committer of `factory` (NodeServer.stop)."""
+    with _lock:
+        committer = _committers.pop(id(factory), None)
+    if committer is not None and committer.factory is factory:
+        committer.close()

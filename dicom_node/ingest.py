@@ -216,7 +216,8 @@ def _index_known_series(session: Session, series_pk: int, ds_header: Dataset, re
     existing = conn.execute(_SELECT_INSTANCE, {"sop": sop_uid}).first()
     if existing is not None and existing.series_pk != series_pk:
         raise DuplicateConflict(f"SOPInstanceUID {sop_uid} is already indexed under another series")
-    updated = conn.execute(_TOUCH_SERIES, {"pk": series_pk, "now": now})
+    series_uid = validate_uid(ds_header.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    updated = conn.execute(_TOUCH_SERIES, {"pk": series_pk, "uid": series_uid, "now": now})
     if updated.rowcount != 1:
         raise _StaleSeriesCache()
     if existing is None:
@@ -229,7 +230,8 @@ def _index_known_series(session: Session, series_pk: int, ds_header: Dataset, re
 # Built once: compiling a statement per instance costs more CPU than executing it.
 _SELECT_INSTANCE = select(Instance.id, Instance.series_pk).where(Instance.sop_instance_uid == bindparam("sop"))
 _TOUCH_SERIES = (
-    update(Series).where(Series.id == bindparam("pk"))
+    # The UID check catches a cached key whose row was deleted and its id reused.
+    update(Series).where(Series.id == bindparam("pk"), Series.series_uid == bindparam("uid"))
     .values(state=SeriesState.receiving, stable_at=None, last_received_at=bindparam("now"))
 )
 _INSERT_INSTANCE = insert(Instance)

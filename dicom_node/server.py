@@ -27,6 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from config.schema import SRNodeConfig
 from dicom_node.ae import build_ae, tls_context
 from dicom_node.assembly import Assembler, StableHook
+from dicom_node.group_commit import close_committer
 from dicom_node.handlers import NodeContext, collect
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.migrate import upgrade
@@ -135,6 +136,7 @@ class NodeServer:
                 log.exception("stopping %r failed", service)
         self._started.clear()
         self.assembler.stop()
+        close_committer(self.session_factory)
         self.engine.dispose()
         self._stopped.set()
 
