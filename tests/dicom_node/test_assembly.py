@@ -9,7 +9,7 @@ from pydicom import dcmread
 from sqlalchemy import select, update
 
 from dicom_node.assembly import Assembler, register_stable_hook, unregister_stable_hook
-from dicom_node.index.models import Series, SeriesState
+from dicom_node.index.models import Instance, Series, SeriesState
 from tests.dicom_node.conftest import node_config, storescu
 
 pytestmark = pytest.mark.integration
@@ -102,9 +102,13 @@ def test_restart_hands_stable_unrouted_series_again(tmp_path: Path, database_url
     again = start_node(cfg, stable_hooks=[flaky])
     assert _wait(lambda: len(second) >= 2)
     assert set(second) == {first[1]}  # routed one not handed again; failed hand-off retried
-    # the index survived the restart: every instance is still there
+    # the index survived the restart: every instance is still there, and its file
+    sent = [p for d in ct_dirs[:2] for p in d.glob("*.dcm")]
     with again.session_factory() as s:
         assert len(s.scalars(select(Series)).all()) == 2
+        rows = s.scalars(select(Instance)).all()
+    assert len(rows) == len(sent)
+    assert all((again.storage_dir / r.file_path).stat().st_size == r.file_size for r in rows)
 
 
 def test_derived_series_never_handed_over(tmp_path: Path, sqlite_url: str, start_node, ct_dirs) -> None:  # type: ignore[no-untyped-def]
