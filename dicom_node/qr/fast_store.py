@@ -178,6 +178,102 @@ def _pause_reactor(assoc: Any) -> None:
             time.sleep(0.0001)
 
 
+def _take_reading(assoc: Any) -> None:
+    """C-MOVE sub-association: read C-STORE-RSPs on this thread instead of via pynetdicom's DUL thread.
+
+    Waiting for each response through the DUL thread (poll, decode, queue, wake us) cost more
+    than sending the instance. Only C-STORE-RSPs arrive on a sub-association, so once it is
+    established the DUL thread is told there is never anything to read, and `release()` or
+    `abort()` give the socket back before pynetdicom negotiates the end of the association.
+    """
+    if getattr(assoc, "_srnode_reads", False) or not assoc.is_requestor:
+        return
+    dul = assoc.dul
+    dul._is_transport_event = lambda: False  # shadows the method the DUL loop calls
+    delay, dul._run_loop_delay = dul._run_loop_delay, 0.01  # nothing for it to do meanwhile
+    time.sleep(0.002)  # let a loop iteration already inside the real method finish
+    assoc._srnode_reads = True
+    release, abort = assoc.release, assoc.abort
+
+    def give_back() -> None:
+        if assoc._srnode_reads:
+            del dul._is_transport_event
+            dul._run_loop_delay = delay
+            assoc._srnode_reads = False
+
+    def release_() -> None:
+        give_back()
+        release()
+
+    def abort_() -> None:
+        give_back()
+        abort()
+
+    assoc.release, assoc.abort = release_, abort_
+
+
+def _recv_exact(sock: Any, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        count = sock.recv_into(view[got:])
+        if not count:
+            raise ConnectionError("the destination closed the connection")
+        got += count
+    return buf
+
+
+def status_from_command(command: bytes) -> Dataset:
+    """Status (and ErrorComment) of a C-STORE-RSP command set (Implicit VR Little Endian)."""
+    status = Dataset()
+    pos = 0
+    while pos + 8 <= len(command):
+        group, element, length = struct.unpack_from("<HHI", command, pos)
+        value = command[pos + 8:pos + 8 + length]
+        pos += 8 + length
+        if group != 0x0000:
+            continue
+        if element == 0x0900:
+            status.Status = struct.unpack("<H", value)[0]
+        elif element == 0x0902:
+            status.ErrorComment = bytes(value).decode("ascii", "replace").rstrip(" \x00")
+    if "Status" not in status:
+        raise ValueError("C-STORE-RSP without a Status")
+    return status
+
+
+def _read_response(assoc: Any) -> Dataset:
+    """Read P-DATA-TF PDUs until the last command fragment; return the response's status."""
+    sock = assoc.dul.socket.socket
+    previous = sock.gettimeout()
+    sock.settimeout(assoc.dimse_timeout)
+    command = bytearray()
+    try:
+        while True:
+            pdu_type, _, length = struct.unpack(">BBI", _recv_exact(sock, 6))
+            body = _recv_exact(sock, length)
+            if pdu_type != 0x04:
+                raise ConnectionError(f"the destination sent PDU type 0x{pdu_type:02X} instead of a C-STORE-RSP")
+            pos = 0
+            while pos < length:
+                item_length = struct.unpack_from(">I", body, pos)[0]
+                control = body[pos + 5]
+                if control & 0x01:  # command fragment; a C-STORE-RSP has no data set
+                    command += body[pos + 6:pos + 4 + item_length]
+                    if control & 0x02:
+                        assoc.dul._idle_timer.restart()
+                        return status_from_command(command)
+                pos += 4 + item_length
+    except (OSError, ValueError) as exc:
+        log.warning("C-MOVE sub-association to %s aborted: %s", assoc.acceptor.ae_title, exc)
+        assoc.abort()
+        raise
+    finally:
+        if sock.fileno() != -1:
+            sock.settimeout(previous)
+
+
 def _send_file(assoc: Any, cx: Any, ds: StoredFile, msg_id: int, priority: int,
                originator_aet: str | None, originator_id: int | None) -> Dataset:
     body = _read(ds)
@@ -186,8 +282,11 @@ def _send_file(assoc: Any, cx: Any, ds: StoredFile, msg_id: int, priority: int,
                                                   originator_id)]
     buffers += _frames(cx.context_id, body, max_pdu)
     _pause_reactor(assoc)
+    _take_reading(assoc)
     _send_buffers(assoc.dul.socket.socket, buffers)
-    _, rsp = assoc.dimse.get_msg(block=True)
+    if getattr(assoc, "_srnode_reads", False):
+        return _read_response(assoc)
+    _, rsp = assoc.dimse.get_msg(block=True)  # C-GET: the requester's DUL thread reads as usual
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()

@@ -53,7 +53,6 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
-SUB_ASSOCIATION_POLL_S = 0.00005
 PENDING_INTERVAL_S = 0.1  # PS3.8: presentation context IDs are odd numbers 1..255
 
 
@@ -136,9 +135,6 @@ def _prepare_sub_association(event: evt.Event) -> None:
     """EVT_CONN_OPEN of a C-MOVE sub-association: no Nagle, and stored files streamed as they are."""
     set_tcp_nodelay(event)
     fast_store.install(event.assoc)
-    # pynetdicom's DUL thread sleeps 1 ms whenever it finds nothing to do, which adds up to 1 ms
-    # to every C-STORE-RSP; a sub-association lives only as long as the move, so poll faster.
-    event.assoc.dul._run_loop_delay = SUB_ASSOCIATION_POLL_S
 
 
 def _modality_storage_class(modality: str) -> str:
