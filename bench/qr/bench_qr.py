@@ -96,7 +96,13 @@ def main() -> None:
     parser.add_argument("--move-instances", type=int, default=300)
     parser.add_argument("--move-repeats", type=int, default=7)
     parser.add_argument("--only", choices=["find", "move"], help="run one of the two (results-<name>.*)")
+    parser.add_argument("--dul-responses", action="store_true",
+                        help="for comparison: wait for C-STORE-RSPs through pynetdicom's DUL thread")
     args = parser.parse_args()
+    if args.dul_responses:
+        from dicom_node.qr import fast_store
+
+        fast_store._take_reading = lambda assoc: None
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     instances = args.patients * 8 * args.per_series
@@ -120,6 +126,9 @@ def write_results(out: Path, only: str | None, finds: list[Timing], moves: list[
         "find": [{"server": t.server, "query": t.query, "results": t.results, "ms": t.ms} for t in finds],
         "move": [{"archive": m.archive, "seconds": m.seconds, "instances": m.instances} for m in moves],
     }, indent=1))
+    if only == "move" and (out / "results.json").exists():  # replot with the full run's C-FIND figures
+        saved = json.loads((out / "results.json").read_text())
+        finds = [Timing(f["server"], f["query"], f["results"], f["ms"]) for f in saved["find"]]
     plot(finds, moves, out / "qr_bench.png")
 
 
