@@ -41,6 +41,8 @@ from dicom_node.qr.on_demand import (OnDemandError, ProducedInstance, VirtualSer
                                    set_on_demand_provider)
 from dicom_node.routing import SeriesFacts, rule_name, select_rule
 from sr_engine import registry
+from sr_engine.archs import CheckpointError, file_sha256
+from sr_engine.interpolate import INTERPOLATORS
 
 if TYPE_CHECKING:
     from dicom_node.server import NodeServer
@@ -69,18 +71,18 @@ def series_facts(session: Session, series: Series) -> SeriesFacts:
 
 @lru_cache(maxsize=64)
 def _file_digest(path: str, mtime_ns: int, size: int) -> str:
-    return registry.file_sha256(Path(path))
+    return file_sha256(Path(path))
 
 
 def checkpoint_digest(cfg: SRNodeConfig, model: str) -> tuple[str, int]:
     """(checkpoint sha256, scale) identifying `model`: its job identity and derived UIDs."""
     spec = registry.resolve(model, cfg.models)
-    if spec.arch in registry.INTERPOLATORS:
+    if spec.arch in INTERPOLATORS:
         return registry.builtin_digest(spec.arch), spec.scale
     if spec.sha256:
         return spec.sha256.lower(), spec.scale
     if spec.weights is None:
-        raise registry.CheckpointError(f"model {model!r} has no weights configured (models.{model}.weights)")
+        raise CheckpointError(f"model {model!r} has no weights configured (models.{model}.weights)")
     st = Path(spec.weights).stat()
     return _file_digest(str(spec.weights), st.st_mtime_ns, st.st_size), spec.scale
 
@@ -98,7 +100,7 @@ def ensure_job(cfg: SRNodeConfig, factory: sessionmaker[Session], series_pk: int
     error = ""
     try:
         sha, model_scale = checkpoint_digest(cfg, rule.model)
-    except (registry.UnknownModelError, registry.CheckpointError, OSError) as exc:
+    except (registry.UnknownModelError, CheckpointError, OSError) as exc:
         sha, model_scale, error = "", rule.scale or 1, f"cannot resolve model {rule.model!r}: {exc}"
     scale = rule.scale or model_scale
     if not error and scale != model_scale:
@@ -206,7 +208,7 @@ class OnDemandJobs:
         index, rule = chosen
         try:
             sha, model_scale = checkpoint_digest(self.cfg, rule.model)
-        except (registry.UnknownModelError, registry.CheckpointError, OSError):
+        except (registry.UnknownModelError, CheckpointError, OSError):
             return None  # ensure_job would fail it; nothing to offer
         derivation = Derivation.from_config(self.cfg, rule.model, sha, rule.scale or model_scale)
         n = len(list(session.scalars(

@@ -152,3 +152,13 @@ def test_missing_source_file_is_retried_then_fails_with_reason(tmp_path: Path, s
     (job,) = jobs(factory)
     assert job.state == JobState.failed and job.attempts == 3
     assert "gave up after 2 retries" in job.error and "FileNotFoundError" in job.error
+
+
+def test_job_identity_uses_the_weights_sha256(tmp_path: Path, shared_dir: Path) -> None:
+    import hashlib
+
+    from dicom_node.pipeline import checkpoint_digest
+
+    weights = shared_dir / "weights" / "RealESRGAN_x4plus_anime_6B.pth"
+    cfg = parse_config({"models": {"esrgan": {"arch": "realesrgan", "weights": str(weights), "scale": 4}}}, environ={})
+    assert checkpoint_digest(cfg, "esrgan") == (hashlib.sha256(weights.read_bytes()).hexdigest(), 4)
