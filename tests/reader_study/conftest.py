@@ -57,8 +57,21 @@ def node_config(tmp_path: Path, shared_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'index.db'}"
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite by default; `parametrize("database_url", ["postgresql"], indirect=True)` for a fresh
+    PostgreSQL database of the test's own (dropped afterwards)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        from tests.admin.conftest import postgres_database
+
+        with postgres_database() as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path / 'index.db'}"
+
+
+@pytest.fixture()
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    url = database_url
     engine = make_engine(url)
     upgrade(url, engine=engine)
     yield session_factory(engine)

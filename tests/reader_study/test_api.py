@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -22,6 +23,7 @@ def _create(client: TestClient, slices: list[str], **extra: object) -> dict:
     return wait_open(lambda p: client.get(p, headers=auth(ADMIN)), r.json()["id"])
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_rank_study_blinded_answers_and_results(client: TestClient, stored_slices: list[str], sessions) -> None:
     study = _create(client, stored_slices[:3], scales=["128to512", "512to2048"])
     sid = study["id"]
@@ -128,13 +130,19 @@ def test_bad_definitions_name_the_key(client: TestClient, stored_slices: list[st
     assert client.post("/api/reader-studies", json=base, headers=auth(READ)).status_code == 403
 
 
-def test_random_draw_is_seeded_and_pairwise_task(client: TestClient, stored_slices: list[str]) -> None:
+def test_random_draw_is_seeded_and_pairwise_task(client: TestClient, stored_slices: list[str], sessions) -> None:
     body = {"name": "pairs", "random": {"count": 3, "modality": "CT"}, "seed": 7, "crop": 32, "task": "pairwise",
             "models": ["bicubic", "lanczos", "esrgan-anime"], "readers": [fp(READERS[0])]}
     a = client.post("/api/reader-studies", json=body, headers=auth(ADMIN)).json()
     b = client.post("/api/reader-studies", json=body, headers=auth(ADMIN)).json()
     wait_open(lambda p: client.get(p, headers=auth(ADMIN)), a["id"])
     wait_open(lambda p: client.get(p, headers=auth(ADMIN)), b["id"])
+    from dicom_node.index.models import ReaderStudyCase
+
+    with sessions() as s:  # the same seed draws the same slices
+        drawn = [[c.instance_pk for c in s.execute(select(ReaderStudyCase).where(ReaderStudyCase.study_id == i)
+                                                   .order_by(ReaderStudyCase.k)).scalars()] for i in (a["id"], b["id"])]
+    assert drawn[0] == drawn[1] and len(set(drawn[0])) == 3
     h = auth(READERS[0])
     seq_a = [client.get(f"/api/reading/{a['id']}/cases/{k}", headers=h).json() for k in (1, 2, 3)]
     assert all(len(c["candidates"]) == 2 for c in seq_a)
