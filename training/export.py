@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,12 +107,17 @@ def _card_markdown(card: dict[str, Any]) -> str:
             lines.append(f"| {split} | {s['series_key']} | {s['modality']} | {s['rows']}x{s['columns']} "
                          f"| {s['slices']} | {s['description']} |")
     lines += ["", "## Metrics (PSNR dB / SSIM on HU clipped to [-1024, 3071], `srnode evaluate` protocol)", ""]
+    lines.append(f"Exported weights: the run's `{card.get('exported_from', 'final_ema.pt')}` (EMA). Validation "
+                 "scores are from the run's periodic check (centre crops of the validation series), "
+                 "used for monitoring; test scores are computed at export on the test series.")
+    lines.append("")
     lines.append("| set | bicubic | this model |")
     lines.append("|---|---|---|")
-    for key, label in (("val", "validation (during training, final weights)"), ("test", "test (never seen)")):
+    for key, label in (("val", "validation (last check of the run)"), ("test", "test (never trained on)")):
         if m.get(key):
             b, v = m[key]["bicubic"], m[key]["model"]
-            lines.append(f"| {label} | {b['psnr']:.2f} / {b['ssim']:.4f} | {v['psnr']:.2f} / {v['ssim']:.4f} |")
+            n = f", {m[key]['slices']} slices" if "slices" in m[key] else ""
+            lines.append(f"| {label}{n} | {b['psnr']:.2f} / {b['ssim']:.4f} | {v['psnr']:.2f} / {v['ssim']:.4f} |")
     lines += ["", "Training curves: `training_curves.png`."]
     if card.get("attribution"):
         lines += ["", "## Data attribution", "", card["attribution"].strip()]
@@ -160,8 +166,10 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
     if last.get("last_val") and last.get("baseline"):
         metrics["val"] = {"bicubic": last["baseline"], "model": last["last_val"], "best": last.get("best")}
     if test_data:
-        metrics["test"] = _test_metrics(descriptor.model, test_data, descriptor.scale, meta,
-                                        dest / ".test_cache", test_max_slices, test_crop)
+        # The decoded test volumes are scratch: never left beside the exported weights.
+        with tempfile.TemporaryDirectory(prefix="srnode-test-cache-") as tmp:
+            metrics["test"] = _test_metrics(descriptor.model, test_data, descriptor.scale, meta,
+                                            Path(tmp), test_max_slices, test_crop)
     entry = registry_entry(preset["arch"], out.resolve(), sha, descriptor.scale,
                            meta["intensity"]["low"], meta["intensity"]["high"],
                            f"{name}: {preset['arch']} fine-tuned on {meta['data']['modality']} "
@@ -172,7 +180,7 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
         "name": name, "arch": preset["arch"], "spandrel_arch": str(descriptor.architecture.id),
         "scale": descriptor.scale,
         "parameters": sum(p.numel() for p in descriptor.model.parameters()),
-        "weights": out.name, "weights_dtype": "float16" if fp16 else "float32", "sha256": sha,
+        "weights": out.name, "exported_from": f"{weights}.pt", "weights_dtype": "float16" if fp16 else "float32", "sha256": sha,
         "init": Path(meta["init"]).name if meta.get("init") else None,
         "init_sha256": file_sha256(meta["init"]) if meta.get("init") and Path(meta["init"]).exists() else None,
         "steps": int(last.get("step", preset["steps"])), "preset": preset, "milestones": milestones,
