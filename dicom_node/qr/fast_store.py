@@ -276,6 +276,8 @@ def _read_response(assoc: Any) -> Dataset:
 
 def _send_file(assoc: Any, cx: Any, ds: StoredFile, msg_id: int, priority: int,
                originator_aet: str | None, originator_id: int | None) -> Dataset:
+    if not assoc.is_established:
+        raise ConnectionError("the association to the destination is gone")
     body = _read(ds)
     max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
     buffers: list[bytes | memoryview] = [_command(cx.context_id, ds, max_pdu, msg_id, priority, originator_aet,

@@ -32,6 +32,7 @@ class Destination:
     def __init__(self, port: int, delay_s: float = 0.0) -> None:
         self.received: list[str] = []
         self.delay_s = delay_s
+        self.abort_after: int | None = None
         ae = AE("SLOWSCP")
         ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         self.server = ae.start_server(("127.0.0.1", port), block=False,
@@ -39,6 +40,9 @@ class Destination:
 
     def _on_store(self, event: evt.Event) -> int:
         time.sleep(self.delay_s)
+        if self.abort_after is not None and len(self.received) >= self.abort_after:
+            event.assoc.abort()
+            return 0xA700
         self.received.append(str(event.dataset.SOPInstanceUID))
         return 0x0000
 
@@ -110,6 +114,27 @@ def test_move_cancel(node: RunningNode, destination: Destination) -> None:
     assert final.NumberOfRemainingSuboperations > 0
     assert 2 <= len(destination.received) < 30
     assert final.NumberOfCompletedSuboperations == len(destination.received)
+
+
+def test_destination_aborting_mid_move(node: RunningNode, destination: Destination,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    destination.abort_after = 3
+    assoc = associate(node, MOVE)
+    try:
+        responses = list(assoc.send_c_move(series_identifier(node.series[LUNG]), "SLOWSCP", MOVE))
+        final_status, final_identifier = responses[-1]
+        assert final_status.Status == 0xB000  # some completed, the rest failed
+        assert final_status.NumberOfCompletedSuboperations == 3
+        assert final_status.NumberOfFailedSuboperations == 27
+        assert len(final_identifier.FailedSOPInstanceUIDList) == 27
+        assert set(final_identifier.FailedSOPInstanceUIDList) | set(destination.received) == node.sop_uids[LUNG]
+        # the node still serves the next move on the same association
+        destination.abort_after, destination.received = None, []
+        responses = list(assoc.send_c_move(series_identifier(node.series[LUNG]), "SLOWSCP", MOVE))
+        assert responses[-1][0].Status == 0x0000 and len(destination.received) == 30
+    finally:
+        assoc.release()
+    assert sum("aborted" in r.getMessage() for r in caplog.records if r.name == "srnode.qr") == 1
 
 
 class ProducingProvider:
