@@ -74,7 +74,7 @@ class Upscaler:
         overlap: int = 16,
         batch: int = 4,
         precision: str = "auto",
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         compile: bool = False,
         min_tile: int = 32,
         progress: Callable[[int], None] | None = None,
@@ -101,6 +101,9 @@ class Upscaler:
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         self.precision = precision
         module = module.eval().to(self.device)
+        if channels_last is None:
+            # Measured (BENCHMARKS.md): NHWC helps CUDA and oneDNN bf16, but slows fp32 convs on CPU.
+            channels_last = self.device.type == "cuda" or precision == "bf16"
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
