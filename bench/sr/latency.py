@@ -68,7 +68,7 @@ def _input(size: int, ct_slice: Path | None) -> torch.Tensor:
 
 
 def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int, device: torch.device,
-                weights_dir: Path | None, bar: tqdm, ct_slice: Path | None = None) -> dict:
+                weights_dir: Path | None, bar: tqdm, ct_slice: Path | None = None, warmup: bool = True) -> dict:
     """Median seconds per slice of every variant for one model and LR size."""
     x = _input(size, ct_slice)
     if arch == "bicubic":
@@ -92,19 +92,22 @@ def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int,
         runners["bf16"] = lambda: upb.upscale_unit(x)
     times: dict[str, list[float]] = {k: [] for k in runners}
     outputs: dict[str, torch.Tensor] = {}
-    # One warm-up call each (oneDNN primitive creation, cuDNN autotune) is not timed.
+    # One warm-up call each (oneDNN primitive creation, cuDNN autotune) is not timed, unless
+    # --no-warmup (minute-long CPU runs of the big models, where it changes little).
     for name, fn in runners.items():
-        bar.set_postfix_str(f"{arch} {size} warm-up {name}")
-        outputs[name] = fn()
+        if warmup:
+            bar.set_postfix_str(f"{arch} {size} warm-up {name}")
+            outputs[name] = fn()
     for _ in range(reps):
         for name, fn in runners.items():
             bar.set_postfix_str(f"{arch} {size} {name}")
-            t, _ = _timed(fn, device)
+            t, out = _timed(fn, device)
             times[name].append(t)
+            outputs.setdefault(name, out)
         bar.update(1)
     med = {k: statistics.median(v) for k, v in times.items()}
     row = {
-        "model": arch, "lr": size, "hr": size * 4, "params": params, "reps": reps, "tile": tile,
+        "model": arch, "lr": size, "hr": size * 4, "params": params, "reps": reps, "tile": tile, "warmup": warmup,
         "seconds": times, "median_s": med,
         "speedup_vs_naive": {k: med["naive"] / v for k, v in med.items() if k != "naive"},
         # PSNR of each variant's output against the naive fp32 output, in the unit range and in HU (4095).
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--no-warmup", action="store_true", help="time the first call too")
     p.add_argument("--ct-slice", type=Path, default=None,
                    help="DICOM CT slice used as input (resized to 4x size, degraded) instead of noise")
     args = p.parse_args(argv)
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             for arch in args.models:
                 rows.append(bench_model(arch, size, args.variants, args.reps, args.tile or None, device,
-                                        args.weights_dir, bar, args.ct_slice))
+                                        args.weights_dir, bar, args.ct_slice, not args.no_warmup))
                 r = rows[-1]
                 tqdm.write(
                     f"{arch:>10} {size}->{size * 4}: " + ", ".join(f"{k} {v:.3f}s" for k, v in r["median_s"].items())
