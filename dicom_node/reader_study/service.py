@@ -106,8 +106,23 @@ def _load_models(cfg: SRNodeConfig, names: list[str]) -> dict[str, Any]:
     from workers.device import pick_device
 
     device = pick_device(cfg.worker.device)
-    return {n: load(resolve(n, cfg.models), device, tile=cfg.worker.tile_size, overlap=cfg.worker.tile_overlap,
-                    batch=cfg.worker.batch_size) for n in names}
+    out = {}
+    for n in names:
+        try:
+            out[n] = load(resolve(n, cfg.models), device, tile=cfg.worker.tile_size, overlap=cfg.worker.tile_overlap,
+                          batch=cfg.worker.batch_size)
+        except Exception as exc:  # noqa: BLE001 - which model failed is what the admin needs to know
+            raise StudyError("models", f"model {n!r} cannot be loaded: {exc}") from exc
+    return out
+
+
+def mark_computing(sessions: sessionmaker[Session], study_id: int) -> None:
+    """Set a draft/failed study to computing (before its thread starts, so pollers never see the old state)."""
+    with sessions() as session, session.begin():
+        study = _study(session, study_id)
+        if study.state in ("open", "closed"):
+            raise StudyError("state", f"study {study_id} is already {study.state}", 409)
+        study.state, study.error = "computing", ""
 
 
 def compute_candidates(sessions: sessionmaker[Session], cfg: SRNodeConfig, study_id: int) -> None:
@@ -136,7 +151,9 @@ def compute_candidates(sessions: sessionmaker[Session], cfg: SRNodeConfig, study
         ).scalars())
     try:
         models = _load_models(cfg, definition.models)
-        for case_id, k, scale_key, file_path, modality in tqdm(cases, desc=f"reader study {study_id}", unit="case"):
+        for n, (case_id, k, scale_key, file_path, modality) in enumerate(
+            tqdm(cases, desc=f"reader study {study_id}", unit="case"), 1
+        ):
             if case_id in done:
                 continue
             values = modality_values(dcmread(resolve_in(storage, file_path)))
@@ -154,12 +171,12 @@ def compute_candidates(sessions: sessionmaker[Session], cfg: SRNodeConfig, study
                         case_id=case_id, model=res.model, checkpoint_sha256=res.checkpoint_sha256,
                         array_path=save_array(storage, f"{base}/m{i:02d}.npy", res.values),
                         psnr_db=res.psnr_db, ssim=res.ssim))
-                session.get(ReaderStudy, study_id).progress_done = k + 1
+                session.get(ReaderStudy, study_id).progress_done = n
         _write_presentations(sessions, study_id, definition)
     except Exception as exc:  # noqa: BLE001 - any failure is the study's state, shown in the console
         with sessions() as session, session.begin():
             study = session.get(ReaderStudy, study_id)
-            study.state, study.error = "failed", f"{type(exc).__name__}: {exc}"
+            study.state, study.error = "failed", str(exc) if isinstance(exc, StudyError) else f"{type(exc).__name__}: {exc}"
         log.error("reader study %d: computing candidates failed: %s: %s", study_id, type(exc).__name__, exc)
         return
     log.info("reader study %d open: %d cases x %d models", study_id, len(cases), len(definition.models))

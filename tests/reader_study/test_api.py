@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -153,3 +154,26 @@ def test_random_draw_is_seeded_and_pairwise_task(client: TestClient, stored_slic
     assert res["metric"] == "win rate"
     shown = sum(m["n"] for m in res["per_scale"]["128to512"]["models"].values())
     assert shown == 6  # three cases, two candidates each
+
+
+def test_failed_candidates_show_why_and_can_be_retried(client: TestClient, stored_slices: list[str], live) -> None:
+    # A model whose weights file is gone: the study is created, computing fails with the reason.
+    models = live.current().model_dump(mode="json")["models"]
+    models["gone"] = {"arch": "realesrgan", "weights": "/nonexistent/weights.pth", "scale": 4}
+    live.set_section("models", models, "test")
+    body = {"name": "broken", "slices": stored_slices[:1], "crop": 32, "models": ["bicubic", "gone"],
+            "readers": [fp(READERS[0])]}
+    sid = client.post("/api/reader-studies", json=body, headers=auth(ADMIN)).json()["id"]
+    deadline = time.monotonic() + 30
+    while (study := client.get(f"/api/reader-studies/{sid}", headers=auth(ADMIN)).json())["state"] != "failed":
+        assert time.monotonic() < deadline, study
+        time.sleep(0.1)
+    assert "model 'gone' cannot be loaded" in study["error"] and "nonexistent" in study["error"], study["error"]
+    # Readers see nothing of a study that is not open.
+    assert client.get("/api/reading/studies", headers=auth(READERS[0])).json() == []
+    assert client.get(f"/api/reading/{sid}/cases/1", headers=auth(READERS[0])).status_code == 409
+    # Fixed config → retry computes the missing candidates and opens the study.
+    models["gone"] = {"arch": "lanczos", "scale": 4}
+    live.set_section("models", models, "test")
+    assert client.post(f"/api/reader-studies/{sid}/start", headers=auth(ADMIN)).status_code == 200
+    wait_open(lambda p: client.get(p, headers=auth(ADMIN)), sid)

@@ -77,23 +77,29 @@ def create(definition: StudyDefinition, request: Request, who: Principal = Depen
     return service.study_summary(ctx.sessions, study_id)[0]
 
 
+_running: dict[int, threading.Thread] = {}
+
+
 def _start(sessions: Any, cfg: Any, study_id: int) -> None:
-    threading.Thread(target=service.compute_candidates, args=(sessions, cfg, study_id),
-                     name=f"reader-study-{study_id}", daemon=True).start()
+    # One computing thread per study in this process (a second would write the same candidates).
+    if (t := _running.get(study_id)) is not None and t.is_alive():
+        raise HTTPException(409, f"study {study_id} is already computing its candidates")
+    try:
+        service.mark_computing(sessions, study_id)
+    except StudyError as exc:
+        _fail(exc)
+    t = threading.Thread(target=service.compute_candidates, args=(sessions, cfg, study_id),
+                         name=f"reader-study-{study_id}", daemon=True)
+    _running[study_id] = t
+    t.start()
 
 
 @router.post("/reader-studies/{study_id}/start")
 def restart(study_id: int, request: Request, _: Principal = Depends(require_admin)) -> dict[str, Any]:
-    """Compute missing candidates again (after a failure or a restart during computing)."""
+    """Compute missing candidates again (after a failure, or a node restart while computing)."""
     ctx = ctx_of(request)
-    try:
-        study = service.study_summary(ctx.sessions, study_id)[0]
-    except StudyError as exc:
-        _fail(exc)
-    if study["state"] in ("open", "closed"):
-        raise HTTPException(409, f"study {study_id} is already {study['state']}")
     _start(ctx.sessions, ctx.live.current(), study_id)
-    return study
+    return service.study_summary(ctx.sessions, study_id)[0]
 
 
 @router.get("/reader-studies/{study_id}")

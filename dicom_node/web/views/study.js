@@ -100,7 +100,8 @@ async function refreshList() {
   listBox.replaceChildren(h("h2", {}, "Studies"), table([
     { title: "id", render: (s) => s.id },
     { title: "name", render: (s) => s.name },
-    { title: "state", render: (s) => h("span", { class: `state ${s.state}`, testid: `study-state-${s.id}`, title: s.error }, s.state) },
+    { title: "state", render: (s) => h("span", {}, h("span", { class: `state ${s.state}`, testid: `study-state-${s.id}` }, s.state),
+      s.error ? h("div", { class: "error", testid: `study-error-${s.id}` }, s.error) : null) },
     { title: "candidates", render: (s) => `${s.progress[0]} / ${s.progress[1]} cases` },
     { title: "answers per reader", render: (s) => Object.entries(s.answers_per_reader).map(([r, n]) => `${r}: ${n}/${s.cases}`).join(", ") },
     { title: "created", render: (s) => fmtTime(s.created_at) },
@@ -111,7 +112,9 @@ async function refreshList() {
         try { await api.post(`/api/reader-studies/${s.id}/close`); toast(`Study ${s.id} closed`); refreshList(); }
         catch (err) { toast(errorText(err), "error"); }
       } }, "close") : null,
-      s.state === "failed" ? h("button", { onclick: async () => { await api.post(`/api/reader-studies/${s.id}/start`); refreshList(); } }, "retry") : null) },
+      s.state === "failed" || s.state === "computing" ? h("button", { testid: `retry-${s.id}`, title: "compute the missing candidates again", onclick: async () => {
+        try { await api.post(`/api/reader-studies/${s.id}/start`); refreshList(); } catch (err) { toast(errorText(err), "error"); }
+      } }, s.state === "failed" ? "retry" : "resume") : null) },
   ], studies, "studies-table"));
   clearTimeout(timer);
   if (studies.some((s) => s.state === "computing" || s.state === "draft")) timer = setTimeout(refreshList, 1000);
