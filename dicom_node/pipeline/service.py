@@ -1,0 +1,90 @@
+"""The pipeline as a service started with the node: routing hook, dispatcher, sender, embedded worker."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.schema import SRNodeConfig
+from dicom_node.outbox.sender import OutboxSender
+from dicom_node.pipeline.dispatch import Dispatcher
+from dicom_node.pipeline.embedded_worker import EmbeddedWorker
+from dicom_node.pipeline.jobs import route_series
+from dicom_node.pipeline.on_demand import OnDemandJobs
+from dicom_node.qr.on_demand import on_demand_provider, set_on_demand_provider
+
+if TYPE_CHECKING:
+    from dicom_node.server import NodeServer
+
+log = logging.getLogger(__name__)
+
+
+class PipelineService:
+    """Routing hook + dispatcher + outbox sender (+ the embedded worker when there is no broker)."""
+
+    def __init__(self, cfg: SRNodeConfig, factory: sessionmaker[Session], storage_dir: Path) -> None:
+        self.cfg = cfg
+        self.factory = factory
+        self.dispatcher = Dispatcher(cfg, factory)
+        self.sender = OutboxSender(cfg, factory, storage_dir)
+        from workers.app import routed_models
+
+        # A node without routing rules has nothing for a worker to do: no child process then.
+        embedded = cfg.broker_url is None and cfg.worker.embedded and bool(routed_models(cfg))
+        self.worker = EmbeddedWorker(cfg, on_restart=self._worker_died) if embedded else None
+        self._stop = threading.Event()
+        self._watch: threading.Thread | None = None
+        self.on_demand: OnDemandJobs | None = None  # installed for query/retrieve by make_service
+
+    def on_stable(self, series_pk: int) -> None:
+        """The assembly hook: route the series, then wake the dispatcher."""
+        if route_series(self.cfg, self.factory, series_pk):
+            self.dispatcher.wake()
+
+    def _worker_died(self) -> None:
+        n = self.dispatcher.reset_all_active()
+        if n:
+            log.warning("%d job(s) of the dead embedded worker queued again", n)
+
+    def _watch_worker(self) -> None:
+        while not self._stop.wait(1.0):
+            assert self.worker is not None
+            self.worker.check()
+
+    def start(self) -> None:
+        """Start sender, dispatcher and (embedded mode) the worker child."""
+        if self.worker is not None:
+            # No other worker can have survived the node: whatever was active starts over.
+            n = self.dispatcher.reset_all_active()
+            if n:
+                log.info("%d unfinished job(s) from before the restart queued again", n)
+            self.worker.start()
+            self._stop.clear()
+            self._watch = threading.Thread(target=self._watch_worker, name="srnode-worker-watch", daemon=True)
+            self._watch.start()
+        self.sender.start()
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        """Stop in reverse order; unfinished work stays in the job and outbox tables."""
+        self._stop.set()
+        if self._watch:
+            self._watch.join(timeout=5)
+        self.dispatcher.stop()
+        self.sender.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.on_demand is not None and on_demand_provider() is self.on_demand:
+            set_on_demand_provider(None)
+
+
+def make_service(node: "NodeServer") -> PipelineService:
+    """Build the pipeline service for a node and register its stable-series hook."""
+    service = PipelineService(node.cfg, node.session_factory, node.storage_dir)
+    node.assembler.hooks.append(service.on_stable)
+    service.on_demand = OnDemandJobs(node.cfg, node.session_factory, node.storage_dir, wake=service.dispatcher.wake)
+    set_on_demand_provider(service.on_demand)
+    return service
