@@ -62,6 +62,8 @@ def test_train_resume_export_load(ct_by_name: dict[str, Path], tiny_preset: Pres
     card = export_run(a, dest, name="ct-tiny", fp16=True, test_data=[ct_by_name["lung"]],
                       test_max_slices=3, test_crop=128, attribution="test data: see SOURCES.md")
     weights = dest / "ct-tiny.pth"
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "MODEL_CARD.md", "ct-tiny.pth", "model_card.json", "registry.yaml", "training_curves.png"]
     assert card["sha256"] == file_sha256(weights) and card["steps"] == 6
     assert card["metrics"]["test"]["slices"] == 3
     assert json.loads((dest / "model_card.json").read_text())["intensity"] == {
