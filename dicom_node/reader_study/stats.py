@@ -6,6 +6,8 @@ for the pairwise task, where the model was not shown).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -41,9 +43,15 @@ def bootstrap_ci(r: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float 
         rs = rng.integers(n_readers, size=n_readers)
         cs = rng.integers(n_cases, size=n_cases)
         out[b] = _nanmean(r[rs][:, cs], (0, 1))
+    return _percentile_ci(out, level)
+
+
+def _percentile_ci(samples: np.ndarray, level: float) -> np.ndarray:
+    """[model, 2] percentile interval of bootstrap samples [boot, model] (NaN where a model has none)."""
     alpha = (1 - level) / 2
-    with np.errstate(invalid="ignore"):
-        return np.nanpercentile(out, [100 * alpha, 100 * (1 - alpha)], axis=0).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # models without any answer yet: NaN, not noise
+        return np.nanpercentile(samples, [100 * alpha, 100 * (1 - alpha)], axis=0).T
 
 
 def kendalls_w(rankings: np.ndarray) -> float:
@@ -89,9 +97,7 @@ def bootstrap_win_ci(r: np.ndarray, n_boot: int = 2000, seed: int = 0, level: fl
     out = np.empty((n_boot, n_models))
     for b in range(n_boot):
         out[b] = win_rates(r[rng.integers(n_readers, size=n_readers)][:, rng.integers(n_cases, size=n_cases)])
-    alpha = (1 - level) / 2
-    with np.errstate(invalid="ignore"):
-        return np.nanpercentile(out, [100 * alpha, 100 * (1 - alpha)], axis=0).T
+    return _percentile_ci(out, level)
 
 
 def positions(values: np.ndarray, lower_is_better: bool = True) -> list[int | None]:

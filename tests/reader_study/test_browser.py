@@ -202,3 +202,39 @@ def test_study_two_readers_rank_every_case_results_match(
         page.screenshot(path=str(shots / "06-reader-after-close.png"), full_page=True)
         browser.close()
     assert js_errors == []
+
+
+def test_pairwise_reading_with_keyboard(base_url: str, stored_slices: list[str], sessions: sessionmaker[Session]) -> None:
+    """Pairwise task: one key picks the better of two; the stored answer puts that candidate first."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.reader_study.conftest import auth, wait_open
+
+    with httpx.Client(base_url=base_url, headers=auth(ADMIN), timeout=30) as http:
+        body = {"name": "pairs", "slices": stored_slices[:2], "crop": 32, "task": "pairwise",
+                "models": ["bicubic", "lanczos"], "readers": [fp(READERS[0])]}
+        sid = http.post("/api/reader-studies", json=body).json()["id"]
+        wait_open(http.get, sid)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(base_url + f"/reading.html#/study/{sid}/1")
+        page.get_by_test_id("reader-token").fill(READERS[0])
+        page.get_by_test_id("reader-login").click()
+        for k, letter in ((1, "B"), (2, "A")):
+            expect(page.get_by_test_id("progress")).to_have_text(f"Case {k} of 2")
+            expect(page.get_by_test_id("submit")).to_be_disabled()
+            page.keyboard.press(letter.lower())
+            expect(page.get_by_test_id("ranking")).to_have_text(f"better: {letter}")
+            page.keyboard.press("Enter")
+        expect(page.get_by_test_id("done")).to_be_visible()
+        browser.close()
+    assert errors == []
+    with sessions() as s:
+        answers = s.execute(select(ReaderStudyAnswer).where(ReaderStudyAnswer.study_id == sid)
+                            .order_by(ReaderStudyAnswer.id)).scalars().all()
+    # Case 1: B (display position 2) won; case 2: A (position 1) won.
+    assert [json.loads(a.ranking_json)[0] == json.loads(a.display_order_json)[i] for a, i in zip(answers, (1, 0))] == [True, True]
