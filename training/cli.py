@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -18,22 +17,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.loop import RunConfig, train
     from training.presets import get_preset
 
-    try:
-        preset = get_preset(args.preset)
-        overrides = {
-            "steps": args.steps, "batch_size": args.batch, "lr": args.lr, "hr_patch": args.hr_patch,
-            "val_every": args.val_every, "ckpt_every": args.ckpt_every, "log_every": args.log_every,
-            "ema_decay": args.ema_decay, "seed": args.seed,
-            "trainable": args.trainable,
-            "blind": {"on": True, "off": False}.get(args.degradations),
-        }
-        for item in args.set or []:
-            key, _, raw = item.partition("=")
-            overrides[key.strip()] = json.loads(raw)
-        preset = preset.with_overrides(**overrides)
-    except (KeyError, ValueError) as exc:
-        print(f"srnode train: {exc}", file=sys.stderr)
-        return 2
+    preset = get_preset(args.preset)
+    overrides = {
+        "steps": args.steps, "batch_size": args.batch, "lr": args.lr, "hr_patch": args.hr_patch,
+        "val_every": args.val_every, "ckpt_every": args.ckpt_every, "log_every": args.log_every,
+        "ema_decay": args.ema_decay, "seed": args.seed,
+        "trainable": args.trainable,
+        "blind": {"on": True, "off": False}.get(args.degradations),
+    }
+    for item in args.set or []:
+        key, _, raw = item.partition("=")
+        overrides[key.strip()] = json.loads(raw)
+    preset = preset.with_overrides(**overrides)
     cfg = RunConfig(
         data=_paths(args.data), out=Path(args.out), val_data=_paths(args.val_data),
         init=Path(args.init) if args.init else None, resume=not args.no_resume,
@@ -64,6 +59,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from training.compare import compare_cli
 
     return compare_cli(args)
+
+
+def _guard(func):  # noqa: ANN001, ANN202 - user errors become one log line, not a traceback
+    def run(args: argparse.Namespace) -> int:
+        from sr_engine.archs import CheckpointError
+
+        try:
+            return func(args)
+        except (CheckpointError, FileNotFoundError, ValueError, KeyError, NotImplementedError) as exc:
+            log.error("srnode %s: %s", args.command, exc)
+            return 2
+    return run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=int, help="checkpoint and stop at this step (resume later)")
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt and start over")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_guard(_cmd_train))
 
     e = subparsers.add_parser("export-model", help="export a training run for the node (weights, card, registry entry)")
     e.add_argument("--run", required=True, help="training run folder")
@@ -112,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--test-max-slices", type=int, default=0, help="0: every test slice")
     e.add_argument("--test-crop", type=int, default=0, help="centre crop of test slices (0: whole)")
     e.add_argument("--attribution", help="text file with the data attribution for the model card")
-    e.set_defaults(func=_cmd_export)
+    e.set_defaults(func=_guard(_cmd_export))
 
     c = subparsers.add_parser("compare", help="zero-shot vs fine-tuned table, bar plot and crop grid")
     c.add_argument("--data", nargs="+", required=True, help="test DICOM tree(s)")
@@ -123,4 +130,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--crop", type=int, default=0, help="centre crop of each HR slice (0: whole)")
     c.add_argument("--device", default="auto")
     c.add_argument("--threads", type=int)
-    c.set_defaults(func=_cmd_compare)
+    c.set_defaults(func=_guard(_cmd_compare))
