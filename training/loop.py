@@ -228,10 +228,10 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
     torch.manual_seed(preset.seed + info.rank)
 
     train_series, val_series, data_summary = prepare_data(cfg, info)
-    mapping: IntensityMapping = mapping_for(cfg.modality)
     if mapping_is_percentile(cfg.modality):
-        raise ValueError("training needs a fixed intensity mapping (CT); MR percentile "
-                         "mappings are per series and not supported yet")
+        raise ValueError(f"training needs a fixed intensity mapping (CT); {cfg.modality} uses "
+                         "per-series percentile mappings, which training does not support yet")
+    mapping: IntensityMapping = mapping_for(cfg.modality)
     degr: DegradationConfig = BLIND if preset.blind else DegradationConfig()
     dataset = PatchPairs(train_series, mapping, preset.scale, preset.hr_patch,
                          length=(preset.steps + 1) * preset.batch_size * info.world_size,
@@ -264,7 +264,12 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
         step, best, baseline = int(state["step"]), state.get("best"), state.get("baseline")
         last_val = state.get("last_val")
         if info.is_main:
-            log.info("resumed from %s at step %d", last_path, step)
+            saved = state.get("preset", {})
+            changed = sorted(k for k, v in asdict(preset).items()
+                             if k in saved and json.dumps(saved[k], default=str) != json.dumps(v, default=str))
+            log.info("resumed from %s at step %d%s", last_path, step,
+                     f" (changed since the checkpoint: {', '.join(changed)}; the optimizer and "
+                     f"LR schedule continue as saved)" if changed else "")
     ema.module.to(info.device)
 
     net: nn.Module = DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None) \
