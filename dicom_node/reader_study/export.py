@@ -5,7 +5,7 @@ import csv
 import io
 from typing import Any
 
-from dicom_node.reader_study.service import AnswerRow
+from dicom_node.reader_study.results import AnswerRow
 
 
 def results_csv(res: dict[str, Any]) -> str:
@@ -13,12 +13,13 @@ def results_csv(res: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     fields = ("value", "ci_low", "ci_high", "place", "n", "psnr_db", "ssim")
-    w.writerow(["model"] + [f"{s}_{f}" for s in res["scales"] for f in fields])
+    w.writerow(["model"] + [f"{s}_{f}" for s in res["scales"] for f in fields] + ["overall_value", "overall_place"])
     for row in res["table"]:
         cells = [row["model"]]
         for s in res["scales"]:
             c = row[s]
             cells += [c["value"], c["ci"][0], c["ci"][1], c["place"], c["n"], c["psnr_db"], c["ssim"]]
+        cells += [row["overall"]["value"], row["overall"]["place"]]
         w.writerow(["" if x is None else x for x in cells])
     return buf.getvalue()
 

@@ -94,6 +94,12 @@ def test_rank_study_blinded_answers_and_results(client: TestClient, stored_slice
     assert res["per_scale"]["128to512"]["models"]["bicubic"]["psnr_db"] > 20
     assert res["per_scale"]["512to2048"]["models"]["bicubic"]["psnr_db"] is None
 
+    # Overall place (Table 5's last column): from the mean of the two scales' mean ranks.
+    for row in res["table"]:
+        both = [res["per_scale"][s]["models"][row["model"]]["value"] for s in ("128to512", "512to2048")]
+        assert row["overall"]["value"] == pytest.approx(np.mean(both), abs=1e-3)
+    assert [r["overall"]["place"] for r in res["table"]] == sorted(r["overall"]["place"] for r in res["table"])
+
     table = list(csv.DictReader(io.StringIO(client.get(f"/api/reader-studies/{sid}/results.csv", headers=auth(READ)).text)))
     assert sorted(r["model"] for r in table) == sorted(MODELS)
     assert client.get(f"/api/reader-studies/{sid}/results.png", headers=auth(READ)).content[:4] == b"\x89PNG"

@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 from dicom_node.admin.auth import Principal, _bearer, _principal, require_admin, require_read
 from dicom_node.admin.context import bad_key, ctx_of
 from dicom_node.admin.render import window_png
-from dicom_node.reader_study import export, service
+from dicom_node.reader_study import export, reading, results, service
 from dicom_node.reader_study.definition import WINDOWS, StudyDefinition
-from dicom_node.reader_study.service import StudyError
+from dicom_node.reader_study.records import StudyError, reader_accounts
 
 router = APIRouter(tags=["reader study"])
 log = logging.getLogger("srnode.admin")
@@ -49,7 +49,7 @@ def _storage(request: Request) -> Path:
 @router.get("/reader-studies/readers")
 def readers(request: Request, _: Principal = Depends(require_read)) -> list[dict[str, str]]:
     """Reader accounts a study can name: fingerprints of the tokens with role reader."""
-    return [{"reader": fp} for fp in service.reader_accounts(ctx_of(request).live.current())]
+    return [{"reader": fp} for fp in reader_accounts(ctx_of(request).live.current())]
 
 
 @router.get("/reader-studies/series/{series_uid}/slices")
@@ -124,13 +124,13 @@ def close(study_id: int, request: Request, who: Principal = Depends(require_admi
 
 def _results(request: Request, study_id: int) -> dict[str, Any]:
     try:
-        return service.results(ctx_of(request).sessions, study_id)
+        return results.results(ctx_of(request).sessions, study_id)
     except StudyError as exc:
         _fail(exc)
 
 
 @router.get("/reader-studies/{study_id}/results")
-def results(study_id: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+def study_results(study_id: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     """Mean rank (or win rate) per model and scale, 95% bootstrap CIs, Kendall's W, PSNR/SSIM."""
     return _results(request, study_id)
 
@@ -152,7 +152,7 @@ def results_png(study_id: int, request: Request, _: Principal = Depends(require_
 def answers_csv(study_id: int, request: Request, _: Principal = Depends(require_read)) -> Response:
     """Every submission (reader, time, display order, ranking): the audit trail of the study."""
     try:
-        rows = service.answer_rows(ctx_of(request).sessions, study_id)
+        rows = results.answer_rows(ctx_of(request).sessions, study_id)
     except StudyError as exc:
         _fail(exc)
     return Response(export.answers_csv(rows), media_type="text/csv",
@@ -170,14 +170,14 @@ class Answer(BaseModel):
 @router.get("/reading/studies")
 def my_studies(request: Request, who: Principal = Depends(require_reader)) -> list[dict[str, Any]]:
     """The studies this reader takes part in, with k answered of n."""
-    return service.reader_studies(ctx_of(request).sessions, who.fingerprint)
+    return reading.reader_studies(ctx_of(request).sessions, who.fingerprint)
 
 
 @router.get("/reading/{study_id}/cases/{position}")
 def case(study_id: int, position: int, request: Request, who: Principal = Depends(require_reader)) -> dict[str, Any]:
     """Case `position` of this reader's sequence: candidates as opaque ids labelled A, B, C..."""
     try:
-        return service.reader_case(ctx_of(request).sessions, study_id, who.fingerprint, position)
+        return reading.reader_case(ctx_of(request).sessions, study_id, who.fingerprint, position)
     except StudyError as exc:
         _fail(exc)
 
@@ -187,7 +187,7 @@ def answer(study_id: int, position: int, body: Answer, request: Request,
            who: Principal = Depends(require_reader)) -> dict[str, Any]:
     """Store this reader's ranking of the case (kept with time and display order)."""
     try:
-        return service.submit_answer(ctx_of(request).sessions, study_id, who.fingerprint, position,
+        return reading.submit_answer(ctx_of(request).sessions, study_id, who.fingerprint, position,
                                      body.ranking, body.seconds_on_case)
     except StudyError as exc:
         _fail(exc)
@@ -201,7 +201,7 @@ def image(study_id: int, oid: str, request: Request,
           who: Principal = Depends(require_reader)) -> Response:
     """A candidate (or the reference) rendered from its float values through the window, for display."""
     try:
-        values = service.reader_image(ctx_of(request).sessions, _storage(request), study_id, who.fingerprint, oid)
+        values = reading.reader_image(ctx_of(request).sessions, _storage(request), study_id, who.fingerprint, oid)
     except StudyError as exc:
         _fail(exc)
     if center is None or width is None:

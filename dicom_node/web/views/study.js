@@ -136,6 +136,9 @@ async function results(main, id) {
       { title: `${label} PSNR dB`, render: (row) => fmt(row[s].psnr_db) },
       { title: `${label} SSIM`, render: (row) => fmt(row[s].ssim, 4) });
   }
+  if (r.scales.length > 1) cols.push(
+    { title: "overall (mean over scales)", render: (row) => h("span", { testid: `overall-${row.model}` }, fmt(row.overall.value)) },
+    { title: "overall place", render: (row) => row.overall.place ?? "–" });
   const chart = h("img", { class: "chart", alt: "mean rank chart", testid: "results-chart" });
   main.replaceChildren(
     h("p", {}, h("a", { href: "#/" }, "← studies")),
