@@ -135,6 +135,13 @@ def test_study_two_readers_rank_every_case_results_match(
                     page.get_by_test_id("zoom").fill("2")
                     transforms = page.eval_on_selector_all("[data-testid^=img-]", "els => els.map(e => e.style.transform)")
                     assert len(set(transforms)) == 1 and "scale(2)" in transforms[0], transforms
+                    box = page.get_by_test_id("pane-B").bounding_box()
+                    page.mouse.move(box["x"] + 100, box["y"] + 100)
+                    page.mouse.down()
+                    page.mouse.move(box["x"] + 140, box["y"] + 70, steps=4)
+                    page.mouse.up()
+                    transforms = page.eval_on_selector_all("[data-testid^=img-]", "els => els.map(e => e.style.transform)")
+                    assert len(set(transforms)) == 1 and "translate(40px, -30px)" in transforms[0], transforms
                 order = list(rng.permutation(["A", "B", "C"]))
                 for letter in order[:2]:  # the last one is placed by itself
                     page.keyboard.press(letter.lower())
