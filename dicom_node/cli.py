@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "workers.cli",  # worker
     "dicom_node.demo",  # demo
     "dicom_node.admin.commands",  # db upgrade
+    "dicom_node.reader_study.cli",  # reader-study list/results
 ]
 
 

@@ -183,3 +183,35 @@ def test_failed_candidates_show_why_and_can_be_retried(client: TestClient, store
     live.set_section("models", models, "test")
     assert client.post(f"/api/reader-studies/{sid}/start", headers=auth(ADMIN)).status_code == 200
     wait_open(lambda p: client.get(p, headers=auth(ADMIN)), sid)
+
+
+def test_cli_lists_and_exports_results(client: TestClient, stored_slices: list[str], tmp_path, shared_dir,
+                                       capsys) -> None:
+    import yaml
+
+    from dicom_node.cli import main
+    from tests.reader_study.conftest import node_config
+
+    body = {"name": "cli", "slices": stored_slices[:2], "crop": 32, "models": ["bicubic", "lanczos"],
+            "readers": [fp(READERS[0])]}
+    sid = client.post("/api/reader-studies", json=body, headers=auth(ADMIN)).json()["id"]
+    wait_open(lambda p: client.get(p, headers=auth(ADMIN)), sid)
+    h = auth(READERS[0])
+    for k in (1, 2):
+        case = client.get(f"/api/reading/{sid}/cases/{k}", headers=h).json()
+        client.post(f"/api/reading/{sid}/cases/{k}/answer", json={"ranking": [c["id"] for c in case["candidates"]]}, headers=h)
+    config = tmp_path / "srnode.yaml"
+    config.write_text(yaml.safe_dump(node_config(tmp_path, shared_dir)))
+    capsys.readouterr()
+    assert main(["reader-study", "list", "--config", str(config)]) == 0
+    assert f"{fp(READERS[0])}:2/2" in capsys.readouterr().out
+    out_csv, out_png = tmp_path / "r.csv", tmp_path / "r.png"
+    assert main(["reader-study", "results", str(sid), "--config", str(config), "--csv", str(out_csv),
+                 "--png", str(out_png), "--answers", str(tmp_path / "a.csv")]) == 0
+    printed = capsys.readouterr().out
+    api = client.get(f"/api/reader-studies/{sid}/results", headers=auth(ADMIN)).json()
+    for m in ("bicubic", "lanczos"):
+        assert f"{api['per_scale']['128to512']['models'][m]['value']:.2f}" in printed.split(m, 1)[1].splitlines()[0]
+    assert out_csv.read_bytes() == client.get(f"/api/reader-studies/{sid}/results.csv", headers=auth(ADMIN)).content
+    assert out_png.read_bytes()[:4] == b"\x89PNG" and len((tmp_path / "a.csv").read_text().splitlines()) == 3
+    assert main(["reader-study", "results", "999", "--config", str(config)]) == 1
