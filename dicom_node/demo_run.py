@@ -92,7 +92,9 @@ def pick_model(requested: str | None) -> tuple[str, dict, str]:
         entries = yaml.safe_load(reg.read_text()).get("models", {})
         for name, entry in entries.items():
             entry["weights"] = str((reg.parent / entry["weights"]).resolve())
-            return name, {name: entry}, f"model {name}: learned CT checkpoint {reg.parent.relative_to(REPO)}"
+            card = reg.parent / "MODEL_CARD.md"
+            return name, {name: entry}, (f"model {name}: learned CT checkpoint {reg.parent.relative_to(REPO)} "
+                                         f"(model card and data attribution: {card.relative_to(REPO)})")
     return "lanczos", {}, ("model lanczos (built-in interpolation): no CT checkpoint under models/ yet, "
                            "so this run shows the pipeline, not a learned model")
 
@@ -199,7 +201,7 @@ def _report(hr, files, received, scale, out, job_info, t_send, t_sent, t_done, t
     timings = json.loads(job_info[3] or "{}")
     print(f"job: {job_info[0]}, {job_info[1]} of {job_info[2]} slices")
     print(f"timings: send {t_sent - t_send:.1f} s, first send → all derived received {t_done - t_send:.1f} s "
-          f"(includes the 1 s stability wait and the embedded worker's start-up, in 'queue'); worker: "
+          f"(includes the 1 s stability wait and the embedded worker's start-up, in 'queue')\njob.timings: "
           + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     print(f"{'':14s} {'PSNR (HU)':>10s} {'SSIM':>7s}")
     for name, (p, s) in rows.items():
