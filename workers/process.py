@@ -143,49 +143,72 @@ def run_job(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, devi
         return _run_claimed(cfg, factory, job_id, device)
 
 
-def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, device: str) -> str:
-    storage_dir = Path(cfg.node.storage_dir)
-    timings = Timings()
+@dataclass(frozen=True)
+class JobContext:
+    """What a claimed job needs from the index, read once at its start."""
+
+    job_id: int
+    series_pk: int
+    sources: list[Instance]
+    destinations: list[str]
+    queued_s: float
+    model: str
+    checkpoint_sha256: str
+    scale: int
+    modality: str
+    source_series_uid: str
+
+
+def _load_context(factory: sessionmaker[Session], job_id: int) -> JobContext:
     with factory() as session:
         job = session.get(Job, job_id)
         assert job is not None
         series = session.get(Series, job.series_pk)
         assert series is not None
-        sources = _sources(session, series.id)
-        destinations = [d for d in job.destinations.split(",") if d]
         queued_s = ((job.started_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
-        model_name, sha, scale, modality = job.model, job.checkpoint_sha256, job.scale, series.modality
-        source_series_uid = series.series_uid
-    if not sources:
-        raise PermanentJobError(f"series #{job.series_pk} has no image instances")
-    if any((s.number_of_frames or 1) > 1 for s in sources):
-        raise PermanentJobError("multi-frame source instances are not supported; send single-frame slices")
+        return JobContext(job_id, series.id, _sources(session, series.id), [d for d in job.destinations.split(",") if d],
+                          queued_s, job.model, job.checkpoint_sha256, job.scale, series.modality, series.series_uid)
 
-    with timings.measure("load_model"):
-        model = get_model(cfg, model_name, device)
-    if model.checkpoint_sha256 != sha:
+
+def _checked_model(cfg: SRNodeConfig, ctx: JobContext, device: str):  # type: ignore[no-untyped-def]
+    if not ctx.sources:
+        raise PermanentJobError(f"series #{ctx.series_pk} has no image instances")
+    if any((s.number_of_frames or 1) > 1 for s in ctx.sources):
+        raise PermanentJobError("multi-frame source instances are not supported; send single-frame slices")
+    model = get_model(cfg, ctx.model, device)
+    if model.checkpoint_sha256 != ctx.checkpoint_sha256:
         raise PermanentJobError(
-            f"model {model_name!r} now has checkpoint sha256 {model.checkpoint_sha256[:12]}…, the job was "
-            f"routed for {sha[:12]}…; re-route the series to use the new weights"
+            f"model {ctx.model!r} now has checkpoint sha256 {model.checkpoint_sha256[:12]}…, the job was "
+            f"routed for {ctx.checkpoint_sha256[:12]}…; re-route the series to use the new weights"
         )
-    if model.scale != scale:
-        raise PermanentJobError(f"model {model_name!r} is x{model.scale}, the job asks for x{scale}")
-    derivation = Derivation.from_config(cfg, model_name, sha, scale)
+    if model.scale != ctx.scale:
+        raise PermanentJobError(f"model {ctx.model!r} is x{model.scale}, the job asks for x{ctx.scale}")
+    return model
+
+
+def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, device: str) -> str:
+    storage_dir = Path(cfg.node.storage_dir)
+    timings = Timings()
+    ctx = _load_context(factory, job_id)
+    with timings.measure("load_model"):
+        model = _checked_model(cfg, ctx, device)
+    derivation = Derivation.from_config(cfg, ctx.model, ctx.checkpoint_sha256, ctx.scale)
     enhanced = cfg.output.encoding == "enhanced"
-    files = [resolve_in(storage_dir, s.file_path) for s in sources]
+    files = [resolve_in(storage_dir, s.file_path) for s in ctx.sources]
     with factory() as session:
-        todo = [i for i, s in enumerate(sources)
+        # Resume: slices whose derived instance is already stored are not derived again.
+        todo = [i for i, s in enumerate(ctx.sources)
                 if enhanced or not _already_derived(session, storage_dir, derivation.sop_uid(s.sop_instance_uid))]
+    total = len(ctx.sources)
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
         assert job is not None
-        job.progress_total = len(sources)
-        job.progress_done = len(sources) - len(todo)
-        job.derived_series_uid = derivation.series_uid(source_series_uid)
-    mapping = _mapping(model, modality, files)
+        job.progress_total, job.progress_done = total, total - len(todo)
+        job.derived_series_uid = derivation.series_uid(ctx.source_series_uid)
+    mapping = _mapping(model, ctx.modality, files)
     classic: list[Dataset] = []
-    done = len(sources) - len(todo)
-    bar = tqdm(total=len(sources), initial=done, desc=f"job #{job_id} {model_name}", unit="slice", leave=False,
+    done = total - len(todo)
+    bar = tqdm(total=total, initial=done, desc=f"job #{job_id} {ctx.model}", unit="slice", leave=False,
                disable=None)  # no bar when stderr is not a terminal (services, tests)
     for chunk in _chunks(todo, files, cfg.worker.batch_size):
         with timings.measure("read"):
@@ -198,34 +221,39 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
                 derived = derive_classic(ds, np.asarray(up), derivation)
                 if enhanced:
                     classic.append(derived)
-                    continue
-                _store_and_queue(factory, storage_dir, encode(derived, derivation.transfer_syntax), job_id,
-                                 destinations, cfg.node.ae_title)
+                else:
+                    _store_and_queue(factory, storage_dir, encode(derived, derivation.transfer_syntax), job_id,
+                                     ctx.destinations, cfg.node.ae_title)
         done += len(chunk)
         bar.update(len(chunk))
         if _set_progress(factory, job_id, done) == JobState.cancelled:
             bar.close()
-            log.info("job #%d cancelled at %d of %d slices", job_id, done, len(sources))
+            log.info("job #%d cancelled at %d of %d slices", job_id, done, total)
             return "cancelled"
     bar.close()
     if enhanced:
         with timings.measure("write"):
-            obj = derive_enhanced(classic, source_series_uid, derivation)
-            _store_and_queue(factory, storage_dir, obj, job_id, destinations, cfg.node.ae_title)
+            obj = derive_enhanced(classic, ctx.source_series_uid, derivation)
+            _store_and_queue(factory, storage_dir, obj, job_id, ctx.destinations, cfg.node.ae_title)
+    return _finish(factory, ctx, timings)
+
+
+def _finish(factory: sessionmaker[Session], ctx: JobContext, timings: Timings) -> str:
     with session_scope(factory) as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, ctx.job_id)
         assert job is not None
         if job.state == JobState.cancelled:
             return "cancelled"
         job.state = JobState.done
         job.finished_at = utcnow()
         job.error = ""
-        job.timings = timings.to_json({**_json(job.timings), "queue": queued_s})
-        if destinations and not session.scalar(select(func.count()).select_from(Outbox).where(
-                Outbox.job_pk == job_id, Outbox.state == OutboxState.pending)):
+        job.timings = timings.to_json({**_json(job.timings), "queue": ctx.queued_s})
+        if ctx.destinations and not session.scalar(select(func.count()).select_from(Outbox).where(
+                Outbox.job_pk == ctx.job_id, Outbox.state == OutboxState.pending)):
             # Everything went out while the job ran: sending added nothing to its timeline.
             job.timings = json.dumps({**_json(job.timings), "send": 0.0})
-    log.info("job #%d done: %d slices with %s x%d (%s)", job_id, len(sources), model_name, scale, timings.to_json({}))
+    log.info("job #%d done: %d slices with %s x%d (%s)", ctx.job_id, len(ctx.sources), ctx.model, ctx.scale,
+             timings.to_json({}))
     return "done"
 
 
