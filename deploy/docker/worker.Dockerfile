@@ -31,6 +31,8 @@ COPY sr_engine ./sr_engine
 COPY training ./training
 RUN pip install .
 
+# The shipped CT checkpoint and its model card (registered in deploy/srnode.yaml).
+COPY models /opt/srnode/models
 COPY deploy/srnode.yaml /etc/srnode/srnode.yaml
 USER srnode
 ENTRYPOINT ["srnode"]

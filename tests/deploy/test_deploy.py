@@ -176,3 +176,14 @@ def test_dockerfiles_copy_existing_paths_and_run_real_commands(deploy: Path, rep
     assert _cli_args(re.search(r"^ENTRYPOINT .+$", text, re.M).group(0)) == ["srnode"]
     args = build_parser().parse_args(cmd)  # the image's command is one the CLI accepts
     assert args.func is not None and args.config == "/etc/srnode/srnode.yaml"
+
+
+def test_shipped_model_in_container_config_matches_repo(deploy: Path, repo_root: Path) -> None:
+    from sr_engine.archs import file_sha256
+
+    cfg = load_config(deploy / "srnode.yaml", environ={})
+    for name, entry in cfg.models.items():
+        # The images copy models/ to /opt/srnode/models.
+        local = repo_root / Path(entry.weights).relative_to("/opt/srnode")  # type: ignore[arg-type]
+        assert local.is_file(), f"models.{name}.weights: {local} is not in the repository"
+        assert file_sha256(local) == entry.sha256, f"models.{name}.sha256 is stale"
