@@ -148,14 +148,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"{arch:>10} {size}->{size * 4}: " + ", ".join(f"{k} {v:.3f}s" for k, v in r["median_s"].items())
                     + "  speedup " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup_vs_naive"].items())
                 )
+                _write(args, device, rows)  # after every row: a long run stopped early keeps its rows
+    return 0
+
+
+def _write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
+    if not args.json:
+        return
     doc = {
         "command": " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
         "device": str(device), "cpu": platform.processor() or platform.machine(), "rows": rows,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1))
-    return 0
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":
