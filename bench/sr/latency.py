@@ -113,6 +113,7 @@ def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int,
         # PSNR of each variant's output against the naive fp32 output, in the unit range and in HU (4095).
         "psnr_vs_naive_db": {k: psnr(outputs[k], outputs["naive"], 1.0).item() for k in outputs if k != "naive"},
         "max_abs_diff_hu": {k: (outputs[k] - outputs["naive"]).abs().max().item() * 4095 for k in outputs if k != "naive"},
+        "mean_abs_diff_hu": {k: (outputs[k] - outputs["naive"]).abs().mean().item() * 4095 for k in outputs if k != "naive"},
     }
     paper = PAPER_GPU_S.get(arch)
     if paper:
