@@ -26,7 +26,9 @@ N = 200
 
 def transports(tmp: Path) -> dict[str, dict]:
     (tmp / "fs").mkdir()
-    fs = {"transport_options": {"data_folder_in": str(tmp / "fs"), "data_folder_out": str(tmp / "fs")}}
+    # control_folder too: kombu otherwise creates ./control in the working directory.
+    fs = {"transport_options": {"data_folder_in": str(tmp / "fs"), "data_folder_out": str(tmp / "fs"),
+                                "control_folder": str(tmp / "fs-control")}}
     return {
         "filesystem": {"url": "filesystem://", **fs},
         "sqlalchemy+sqlite (srnode embedded)": {"url": f"sqlite:///{tmp / 'broker.sqlite'}",
