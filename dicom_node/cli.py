@@ -1,7 +1,9 @@
 """`srnode` command line.
 
 Each owning module contributes its subcommands through a `register(subparsers)` function that
-sets `func` on its parser; this file only assembles them (one registry, no if/elif).
+sets `func` on its parser; this file only assembles them (one registry, no if/elif). `func` may be
+a "module:function" string, imported only when that command runs: registering must stay cheap, so
+that `srnode serve` or `srnode --help` never pays for importing torch.
 """
 from __future__ import annotations
 
@@ -39,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not getattr(args, "func", None):
+    func = getattr(args, "func", None)
+    if not func:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    if isinstance(func, str):
+        module, _, name = func.partition(":")
+        func = getattr(importlib.import_module(module), name)
+    return int(func(args) or 0)
 
 
 if __name__ == "__main__":

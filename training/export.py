@@ -7,6 +7,7 @@ config.schema.ModelEntry before it is written.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -73,6 +74,20 @@ def add_model_from_card(card_path: Path | str, config_path: Path | str, name: st
                            f"{card['name']}: {card['arch']} fine-tuned ({card['steps']} steps)")
     add_model_entry(Path(config_path), name or card["name"], entry)
     return entry
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    """`srnode models add --card CARD --config FILE [--name NAME]`."""
+    import logging
+
+    try:
+        entry = add_model_from_card(args.card, args.config, args.name)
+    except (OSError, KeyError, ValueError) as exc:
+        logging.getLogger(__name__).error("cannot add model from %s: %s", args.card, exc)
+        return 1
+    print(f"added {args.name or json.loads(Path(args.card).read_text())['name']} "
+          f"({entry.arch}, x{entry.scale}, sha256 {entry.sha256}) to {args.config}")
+    return 0
 
 
 def _card_markdown(card: dict[str, Any]) -> str:

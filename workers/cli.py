@@ -8,17 +8,19 @@ import socket
 import sys
 
 from config.loader import ConfigError, load_config
-from dicom_node.index.db import make_engine, session_factory
-from dicom_node.index.migrate import upgrade
-from workers.app import make_celery, queues_for, routed_models
-from workers.device import limit_cpu_threads, pick_device
-from workers.tasks import WorkerRuntime, register_tasks
 
 log = logging.getLogger(__name__)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker in the foreground: one model cache, one device, prefetch 1."""
+    # Imported here, not at module level: registering the CLI must not import torch/Celery.
+    from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.migrate import upgrade
+    from workers.app import make_celery, queues_for, routed_models
+    from workers.device import limit_cpu_threads, pick_device
+    from workers.tasks import WorkerRuntime, register_tasks
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
