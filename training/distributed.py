@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sr_engine.device import pick_device as engine_pick_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -24,10 +26,8 @@ class DistInfo:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU; otherwise the named device."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    """The engine's device choice (sr_engine.device), as a torch.device."""
+    return torch.device(engine_pick_device(requested))
 
 
 def init_distributed(requested_device: str = "auto") -> DistInfo:

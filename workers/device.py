@@ -5,14 +5,7 @@ import os
 
 import torch
 
-
-def pick_device(requested: str = "auto") -> str:
-    """`auto` → cuda:N (CUDA_VISIBLE_DEVICES order, first) when CUDA is there, else cpu."""
-    if requested and requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} requested but CUDA is not available on this host")
-        return requested
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+from sr_engine.device import pick_device  # noqa: F401 - re-exported for workers
 
 
 def limit_cpu_threads(device: str, threads: int | None = None) -> None:

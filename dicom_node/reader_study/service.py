@@ -79,7 +79,7 @@ def create_study(sessions: sessionmaker[Session], cfg: SRNodeConfig, definition:
 
 def _load_models(cfg: SRNodeConfig, names: list[str]) -> dict[str, Any]:
     from sr_engine.registry import load, resolve
-    from workers.device import pick_device
+    from sr_engine.device import pick_device
 
     device = pick_device(cfg.worker.device)
     out = {}
