@@ -7,15 +7,19 @@ asks `LiveConfig.current()` each time instead of keeping the startup `SRNodeConf
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.loader import ConfigError, parse_config
 from config.schema import SRNodeConfig
+
+log = logging.getLogger(__name__)
 
 # Sections an admin may change at run time; node/broker settings need a restart by nature.
 MUTABLE_SECTIONS = ("peers", "models", "routing", "output", "series")
@@ -37,6 +41,15 @@ class LiveConfig:
     def base(self) -> SRNodeConfig:
         return self._base
 
+    def view(self) -> SRNodeConfig:
+        """A read-only stand-in for SRNodeConfig whose every attribute comes from `current()`.
+
+        Long-lived components (the association checks, the pipeline's routing, the sender's peer
+        lookup, a worker's model registry) keep a config for their whole life; handing them this
+        view makes them see admin changes on their next action without being rewritten.
+        """
+        return cast(SRNodeConfig, _LiveView(self))
+
     def current(self) -> SRNodeConfig:
         """The configuration in force now."""
         now = time.monotonic()
@@ -46,11 +59,17 @@ class LiveConfig:
             self._checked_at = now
         from dicom_node.index.models import ConfigOverride
 
-        with self._sessions() as session:
-            marker = session.execute(select(func.max(ConfigOverride.id))).scalar()
-            if marker == self._cached_marker:
-                return self._cached
-            rows = session.execute(select(ConfigOverride).order_by(ConfigOverride.id)).scalars().all()
+        try:
+            with self._sessions() as session:
+                marker = session.execute(select(func.max(ConfigOverride.id))).scalar()
+                if marker == self._cached_marker:
+                    return self._cached
+                rows = session.execute(select(ConfigOverride).order_by(ConfigOverride.id)).scalars().all()
+        except SQLAlchemyError as exc:
+            # Before the first migration, or while the database is away: the last known
+            # configuration stays in force (checked again after ttl_s).
+            log.debug("configuration overrides not readable (%s); keeping the last known", type(exc).__name__)
+            return self._cached
         newest: dict[str, Any] = {}
         for row in rows:
             newest[row.section] = json.loads(row.value_json)
@@ -84,3 +103,21 @@ class LiveConfig:
         with self._lock:
             self._checked_at = 0.0
         return cfg
+
+
+class _LiveView:
+    """See LiveConfig.view(): attribute reads answer from the configuration in force now."""
+
+    __slots__ = ("_live",)
+
+    def __init__(self, live: LiveConfig) -> None:
+        object.__setattr__(self, "_live", live)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._live.current(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("the live configuration is read-only; change it with LiveConfig.set_section")
+
+    def __repr__(self) -> str:
+        return f"<live view of {self._live.current()!r}>"

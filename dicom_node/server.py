@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from pynetdicom.transport import ThreadedAssociationServer
 
+from config.live import LiveConfig
 from config.schema import SRNodeConfig
 from dicom_node.ae import build_ae, tls_context
 from dicom_node.assembly import Assembler, StableHook
@@ -59,10 +60,13 @@ class NodeServer:
         service_modules: Iterable[str] | None = None,
         listener_only: bool = False,
     ) -> None:
-        self.cfg = cfg
         self.storage_dir = Path(cfg.node.storage_dir)
         self.engine = make_engine(cfg.node.database_url)
         self.session_factory = session_factory(self.engine)
+        # Admin changes (peers, routing, models) are stored in the index; every component gets the
+        # live view, so the next association, series or send uses them without a restart.
+        self.live = LiveConfig(cfg, self.session_factory)
+        self.cfg = cfg = self.live.view()
         self.context = NodeContext(cfg=cfg, session_factory=self.session_factory, storage_dir=self.storage_dir)
         self.handler_modules = None if handler_modules is None else list(handler_modules)
         self.assembler = Assembler(

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker in the foreground: one model cache, one device, prefetch 1."""
     # Imported here, not at module level: registering the CLI must not import torch/Celery.
+    from config.live import LiveConfig
     from dicom_node.index.db import make_engine, session_factory
     from dicom_node.index.migrate import upgrade
     from workers.app import make_celery, queues_for, routed_models
@@ -34,8 +35,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 1
     engine = make_engine(cfg.node.database_url)
     upgrade(cfg.node.database_url, engine)
+    factory = session_factory(engine)
     app = make_celery(cfg, models)
-    register_tasks(app, WorkerRuntime(cfg=cfg, factory=session_factory(engine), device=device))
+    # Model entries added or changed by an admin (stored in the index) apply to the next job.
+    live_cfg = LiveConfig(cfg, factory).view()
+    register_tasks(app, WorkerRuntime(cfg=live_cfg, factory=factory, device=device))
     queues = queues_for(models)
     concurrency = args.concurrency or cfg.worker.concurrency
     name = f"srnode-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"

@@ -30,11 +30,10 @@ class PipelineService:
         self.factory = factory
         self.dispatcher = Dispatcher(cfg, factory)
         self.sender = OutboxSender(cfg, factory, storage_dir)
-        from workers.app import routed_models
-
-        # A node without routing rules has nothing for a worker to do: no child process then.
-        embedded = cfg.broker_url is None and cfg.worker.embedded and bool(routed_models(cfg))
+        embedded = cfg.broker_url is None and cfg.worker.embedded
         self.worker = EmbeddedWorker(cfg, on_restart=self._worker_died) if embedded else None
+        # The models the embedded worker consumes; it follows admin changes (see _sync_worker).
+        self._worker_models: tuple[str, ...] = ()
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
         self.on_demand: OnDemandJobs | None = None  # installed for query/retrieve by make_service
@@ -49,10 +48,35 @@ class PipelineService:
         if n:
             log.warning("%d job(s) of the dead embedded worker queued again", n)
 
+    def _sync_worker(self) -> None:
+        """Keep the embedded worker consuming the queues of every routed model.
+
+        Queues are per model, fixed when a worker starts; when an admin routes to a model the
+        worker does not consume, it is restarted (its unfinished jobs are queued again). A node
+        without routing rules has nothing for a worker to do: no child process then.
+        """
+        from workers.app import routed_models
+
+        assert self.worker is not None
+        models = tuple(routed_models(self.cfg))
+        if models == self._worker_models:
+            if models:
+                self.worker.check()
+            return
+        if self._worker_models:
+            log.info("routed models changed to %s: restarting the embedded worker", ", ".join(models) or "none")
+            self.worker.stop()
+            self._worker_died()
+        self._worker_models = models
+        if models:
+            self.worker.start()
+
     def _watch_worker(self) -> None:
         while not self._stop.wait(1.0):
-            assert self.worker is not None
-            self.worker.check()
+            try:
+                self._sync_worker()
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive a bad moment (DB away)
+                log.warning("embedded worker check failed: %s: %s", type(exc).__name__, exc)
 
     def start(self) -> None:
         """Start sender, dispatcher and (embedded mode) the worker child."""
@@ -61,7 +85,8 @@ class PipelineService:
             n = self.dispatcher.reset_all_active()
             if n:
                 log.info("%d unfinished job(s) from before the restart queued again", n)
-            self.worker.start()
+            self._worker_models = ()
+            self._sync_worker()
             self._stop.clear()
             self._watch = threading.Thread(target=self._watch_worker, name="srnode-worker-watch", daemon=True)
             self._watch.start()
