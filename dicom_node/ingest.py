@@ -41,11 +41,11 @@ from dicom_node.group_commit import BatchFailed, committer_for
 from dicom_node.index.models import Instance, Patient, Series, SeriesState, Study
 from dicom_node.storage import (
     InvalidUID,
+    atomic_write,
     StorageError,
     instance_rel_path,
     resolve_in,
     validate_uid,
-    write_instance,
 )
 
 log = logging.getLogger(__name__)
@@ -424,7 +424,7 @@ def store_encoded(
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     target = resolve_in(storage_dir, rel)
     existed = target.exists()
-    size = write_instance(storage_dir, rel, data)
+    size = atomic_write(target, data, root=storage_dir)  # `target` is already resolved inside storage_dir
 
     key = (_url_of(factory), study, series)
 

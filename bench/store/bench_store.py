@@ -81,14 +81,37 @@ class Receiver:
     count: Callable[[Path, int], int]
 
 
+PG_ADMIN_URL = os.environ.get("SRNODE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _database_url(work: Path) -> str:
+    # A work dir holding `pg_database` uses that (bench-created) PostgreSQL database.
+    marker = work / "pg_database"
+    if marker.exists():
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + marker.read_text()
+    return f"sqlite:///{work / 'index.db'}"
+
+
+def _pg_admin(sql: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(sql))
+    engine.dispose()
+
+
 def _srnode_config(work: Path, port: int, processes: int = 1) -> Path:
     cfg = {
         "node": {"ae_title": "SRNODE", "host": "127.0.0.1", "port": port, "storage_dir": str(work / "storage"),
-                 "database_url": f"sqlite:///{work / 'index.db'}", "require_known_callers": True,
+                 "database_url": _database_url(work), "require_known_callers": True,
                  "min_free_disk_mb": 100, "max_associations": 16, "log_level": "WARNING",
                  "processes": processes},
         "peers": {"BENCH": {"ae_title": "BENCH", "host": "127.0.0.1", "port": 4242}},
         "series": {"stable_after_s": 3600},
+        # The embedded SR worker is started by `srnode serve`; its start-up (importing torch) would
+        # overlap the first seconds of a run. Storage throughput is measured without it.
+        "worker": {"embedded": False},
         "admin": {"enabled": False},
     }
     path = work / "srnode.yaml"
@@ -96,11 +119,17 @@ def _srnode_config(work: Path, port: int, processes: int = 1) -> Path:
     return path
 
 
-def _srnode(processes: int) -> Callable[[Path, int], subprocess.Popen]:  # type: ignore[type-arg]
+def _srnode(processes: int, tree: Path = REPO, postgres: bool = False) -> Callable[[Path, int], subprocess.Popen]:  # type: ignore[type-arg]
     def start(work: Path, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
-        # `srnode serve` exactly as deployed (SIGTERM-able), started through its own command module
+        if postgres:
+            name = f"srnode_bench_store_{os.getpid()}_{port}"
+            _pg_admin(f'CREATE DATABASE "{name}"')
+            (work / "pg_database").write_text(name)
+        # `srnode serve` exactly as deployed (SIGTERM-able), started through its own command module;
+        # `tree` may be an exported older commit (--baseline), run with the same venv.
+        env = {**os.environ, "PYTHONPATH": str(tree)}
         proc = subprocess.Popen([sys.executable, "-m", "dicom_node.commands", "serve", "--config",
-                                 str(_srnode_config(work, port, processes))], cwd=REPO, env=os.environ,
+                                 str(_srnode_config(work, port, processes))], cwd=tree, env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(work / "srnode.log", "w"))
         wait_for(lambda: echo_ok(port), "srnode")
         time.sleep(3 if processes > 1 else 0.5)  # let the listener children come up too
@@ -109,10 +138,14 @@ def _srnode(processes: int) -> Callable[[Path, int], subprocess.Popen]:  # type:
 
 
 def count_srnode(work: Path, port: int) -> int:
-    import sqlite3
+    from sqlalchemy import create_engine, text
 
-    with sqlite3.connect(work / "index.db") as conn:
-        return int(conn.execute("select count(*) from instance").fetchone()[0])
+    engine = create_engine(_database_url(work).replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("select count(*) from instance")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def _storescp(fork: bool) -> Callable[[Path, int], subprocess.Popen]:  # type: ignore[type-arg]
@@ -219,6 +252,10 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--only", nargs="*", help="receiver names to run (default: all)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "store" / "results")
+    ap.add_argument("--postgres", action="store_true",
+                    help="also run srnode on PostgreSQL (SRNODE_BENCH_PG_URL; a database per run), 1 and N processes")
+    ap.add_argument("--baseline", metavar="COMMIT",
+                    help="also run srnode as of this commit (git archive into a temp dir), same run")
     args = ap.parse_args()
 
     receivers = [
@@ -229,12 +266,22 @@ def main() -> int:
         Receiver("Orthanc", start_orthanc, count_orthanc),
         Receiver("pynetdicom no-op", start_noop, count_noop),
     ]
+    tmp = Path(tempfile.mkdtemp(prefix="srnode-bench-store-"))
+    if args.baseline:
+        base = tmp / "baseline-tree"
+        base.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+        receivers.insert(1, Receiver(f"srnode@{args.baseline[:10]}", _srnode(1, base), count_srnode))
+    if args.postgres:
+        receivers[2:2] = [Receiver("srnode pg", _srnode(1, postgres=True), count_srnode),
+                          Receiver(f"srnode pg {args.parallel} procs", _srnode(args.parallel, postgres=True), count_srnode)]
     if args.only:
         receivers = [r for r in receivers if r.name in args.only]
     cases = [(r, p) for r in receivers for p in (1, args.parallel)
              if not (r.name == "storescp" and p > 1) and not (r.name.endswith(("--fork", "procs")) and p == 1)]
-    tmp = Path(tempfile.mkdtemp(prefix="srnode-bench-store-"))
     results: dict[str, dict[str, object]] = {}
+    loads: list[float] = []
     try:
         files = make_instances(tmp / "input", args.instances)
         mb = sum(f.stat().st_size for f in files) / 1e6
@@ -252,6 +299,8 @@ def main() -> int:
                     held = receiver.count(work, port)
                 finally:
                     stop(proc)
+                    if (work / "pg_database").exists():
+                        _pg_admin(f'DROP DATABASE IF EXISTS "{(work / "pg_database").read_text()}" WITH (FORCE)')
                 if held < 0:  # counted by the receiver itself on exit
                     held = int((work / "count").read_text())
                 key = f"{receiver.name} x{parallel}"
@@ -259,18 +308,22 @@ def main() -> int:
                 entry["rates"].append(len(files) / elapsed)  # type: ignore[union-attr]
                 entry["lost"] = int(entry["lost"]) + (len(files) - held)  # type: ignore[call-overload]
                 shutil.rmtree(work, ignore_errors=True)
+                loads.append(os.getloadavg()[0])
                 bar.update()
         bar.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{'receiver':<18}{'assocs':>7}{'median inst/s':>15}{'min':>8}{'max':>8}{'lost':>6}")
+    print(f"\n1-min load average after each run: median {statistics.median(loads):.1f}, range {min(loads):.1f}-{max(loads):.1f}")
+    print(f"\n{'receiver':<20}{'assocs':>7}{'median inst/s':>15}{'min':>8}{'max':>8}{'lost':>6}")
     for key, e in results.items():
         rates = e["rates"]
         e["median"] = statistics.median(rates)  # type: ignore[arg-type]
-        print(f"{e['receiver']:<18}{e['associations']:>7}{e['median']:>15.0f}{min(rates):>8.0f}{max(rates):>8.0f}{e['lost']:>6}")  # type: ignore[type-var]
+        print(f"{e['receiver']:<20}{e['associations']:>7}{e['median']:>15.0f}{min(rates):>8.0f}{max(rates):>8.0f}{e['lost']:>6}")  # type: ignore[type-var]
     args.out.mkdir(parents=True, exist_ok=True)
+    results["_load_average"] = {"after_each_run": loads}  # type: ignore[assignment]
     (args.out / "store_throughput.json").write_text(json.dumps(results, indent=2))
+    results.pop("_load_average")
     _plot(results, args.out / "store_throughput.png")
     lost = sum(int(e["lost"]) for e in results.values())  # type: ignore[call-overload]
     if lost:

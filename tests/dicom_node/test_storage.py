@@ -72,3 +72,28 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
         atomic_write(target, chunks())
     assert not target.exists()
     assert os.listdir(tmp_path / "d") == []
+
+
+def _failing_fsync(fd: int) -> None:
+    raise OSError(5, "Input/output error")
+
+
+def test_failed_fsync_of_new_file_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new file is renamed into place before its fsync: a failed fsync must remove it again.
+    target = tmp_path / "d" / "f.dcm"
+    target.parent.mkdir()
+    monkeypatch.setattr(os, "fsync", _failing_fsync)
+    with pytest.raises(OSError):
+        atomic_write(target, b"abc")
+    assert os.listdir(tmp_path / "d") == []
+
+
+def test_failed_fsync_of_replacement_keeps_old_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A duplicate replaces an acknowledged file only once its own bytes are on disk.
+    target = tmp_path / "d" / "f.dcm"
+    atomic_write(target, b"old")
+    monkeypatch.setattr(os, "fsync", _failing_fsync)
+    with pytest.raises(OSError):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path / "d") == ["f.dcm"]

@@ -1,0 +1,119 @@
+"""Where a C-STORE's time goes inside a real `srnode serve` process (perf_counter phases).
+
+Starts `srnode serve` in this process with timing wrappers around the store path's phases
+(handler, encoded_dataset, free-disk check, parse, file write, each fsync, index commit), sends
+the instances with storescu (1 and N associations), and prints per-instance milliseconds.
+The gap between one handler's return and the next handler's start on the same association is
+the network + pynetdicom share (reading PDUs, the reactors' polling, sending the response).
+
+    .venv/bin/python bench/store/profile_store.py --instances 300 --parallel 4
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_store  # noqa: E402  (same instances, config and sender as the benchmark)
+
+TIMES: dict[str, list[float]] = defaultdict(list)
+_lock = threading.Lock()
+_last_end: dict[int, float] = {}
+
+
+def timed(name: str, fn):  # type: ignore[no-untyped-def]
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            with _lock:
+                TIMES[name].append(time.perf_counter() - t0)
+    return wrapper
+
+
+def instrument() -> None:
+    """Wrap the store path's phases (this process only)."""
+    import pynetdicom.events as events
+
+    import dicom_node.group_commit as gc
+    import dicom_node.handlers.store as store
+    import dicom_node.ingest as ingest
+    import dicom_node.storage as storage
+
+    os.fsync = timed("os.fsync (all)", os.fsync)
+    storage._fsync_dir = timed("fsync dir", storage._fsync_dir)
+    ingest.parse_header = timed("parse_header", ingest.parse_header)
+    ingest.atomic_write = timed("write file (tmp, rename, fsync file + dir)", ingest.atomic_write)
+    ingest._commit_with_retry = timed("index: own transaction", ingest._commit_with_retry)
+    ingest._index_known_series = timed("index: statements (in batch)", ingest._index_known_series)
+    gc.GroupCommitter.run = timed("index: group commit wait", gc.GroupCommitter.run)
+    gc.GroupCommitter._run_batch = timed("index: batch incl. commit", gc.GroupCommitter._run_batch)
+    store.free_disk_mb = timed("free disk check", store.free_disk_mb)
+    events.Event.encoded_dataset = timed("encoded_dataset", events.Event.encoded_dataset)
+    inner = timed("handler total", store.handle_store)
+
+    def handler(event, ctx):  # type: ignore[no-untyped-def]
+        key = id(event.assoc)
+        now = time.perf_counter()
+        with _lock:
+            if key in _last_end:
+                TIMES["between handlers (network+pynetdicom)"].append(now - _last_end[key])
+        try:
+            return inner(event, ctx)
+        finally:
+            with _lock:
+                _last_end[key] = time.perf_counter()
+    store.handle_store = handler
+
+
+def report(title: str) -> None:
+    print(f"\n{title}: per-instance ms (median / mean / p90, n)")
+    with _lock:
+        items = sorted(TIMES.items(), key=lambda kv: -statistics.mean(kv[1]))
+        for name, xs in items:
+            xs = sorted(xs)
+            print(f"  {name:<44}{statistics.median(xs) * 1e3:7.2f}{statistics.mean(xs) * 1e3:7.2f}"
+                  f"{xs[int(len(xs) * 0.9)] * 1e3:7.2f}  n={len(xs)}")
+        TIMES.clear()
+        _last_end.clear()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--instances", type=int, default=300)
+    ap.add_argument("--parallel", type=int, default=4)
+    args = ap.parse_args()
+    instrument()
+    from config.loader import load_config
+    from dicom_node.server import NodeServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="srnode-profile-store-"))
+    files = bench_store.make_instances(tmp / "input", args.instances)
+    for parallel in (1, args.parallel):
+        work = tmp / f"node-{parallel}"
+        work.mkdir()
+        port = bench_store.free_port()
+        node = NodeServer(load_config(bench_store._srnode_config(work, port)))
+        node.start()
+        try:
+            bench_store.wait_for(lambda: bench_store.echo_ok(port), "srnode")
+            TIMES.clear()
+            elapsed = bench_store.send(port, files, parallel)
+        finally:
+            node.stop()
+        report(f"{parallel} association(s): {len(files) / elapsed:.0f} instances/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
