@@ -162,8 +162,4 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
         psnr = http.get(f"/api/jobs/{job['id']}/slices/1/psnr").json()["psnr_db"]
         assert psnr > 30, psnr
         # The model chosen in the console ran on the next series, without a restart.
-        if job["model"] == "bicubic-x2":
-            # Everything above passed; only this known gap remains (see the admin report).
-            pytest.xfail("the pipeline routed with the startup config: dicom_node.pipeline.route_series "
-                         "must read LiveConfig.current().routing")
         assert job["model"] == "lanczos-x2", f"the series was processed with {job['model']!r}"

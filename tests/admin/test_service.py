@@ -106,9 +106,6 @@ def test_echo_real_peer_and_down_peer(node: NodeServer, storescp: int) -> None:
         assert http.post("/api/peers/scp/echo", headers=auth(READ)).status_code == 403
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="the node's calling-AE check reads the startup config, not LiveConfig.current(); "
-                   "remove this mark when dicom_node.handlers.association asks live.current()")
 def test_peer_added_through_api_may_call_without_restart(node: NodeServer) -> None:
     base = _admin_url(node)
     with httpx.Client(base_url=base, timeout=30, headers=auth(ADMIN)) as http:
