@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
+from sr_engine.backends import build_runner, choose_runtime
 from sr_engine.intensity import IntensityMapping
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Upscaler:
         channels_last: bool | None = None,
         compile: bool = False,
         min_tile: int = 32,
+        runtime: str = "auto",
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.arch = None
@@ -101,13 +103,26 @@ class Upscaler:
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         self.precision = precision
         module = module.eval().to(self.device)
+        # "auto": ONNX Runtime for fp32 on CPU where it is measured faster and exact, else torch.
+        if compile and runtime == "auto":
+            runtime = "torch"
+        self.runtime = choose_runtime(runtime, self.device, precision, self.arch)
+        if self.runtime != "torch":
+            try:
+                self.module: Callable[[torch.Tensor], torch.Tensor] = build_runner(module, self.runtime, self.channels)
+                self.channels_last = False
+                return
+            except Exception as exc:  # noqa: BLE001 - any export/runtime failure: eager torch still works
+                log.warning("runtime %s unavailable for %s (%s); using torch",
+                            self.runtime, self.arch or type(module).__name__, str(exc).splitlines()[0][:200])
+                self.runtime = "torch"
         if channels_last is None:
             # Measured (BENCHMARKS.md): NHWC helps CUDA and oneDNN bf16, but slows fp32 convs on CPU.
             channels_last = self.device.type == "cuda" or precision == "bf16"
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
-        self.module: Callable[[torch.Tensor], torch.Tensor] = torch.compile(module) if compile else module
+        self.module = torch.compile(module) if compile else module
 
     def _autocast(self):  # noqa: ANN202 - context manager
         if self.precision == "fp32":

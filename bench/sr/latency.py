@@ -1,8 +1,15 @@
 """Per-slice SR latency: naive reference vs srnode's Upscaler, same run, medians and ratios.
 
-naive  = fp32 eager, batch 1, untiled, NCHW, torch.no_grad (what a plain script does)
-fast   = sr_engine.upscale.Upscaler: inference_mode, channels_last, tiles, fp32
-bf16   = the same with bfloat16 autocast (CPU avx512_bf16/AMX, or CUDA)
+naive    = fp32 eager, batch 1, untiled, NCHW, torch.no_grad (what a plain script does)
+fast     = sr_engine.upscale.Upscaler at its defaults, fp32 (runtime "auto": ONNX Runtime on CPU
+           for the convolutional models, torch elsewhere)
+torch    = the Upscaler forced to runtime="torch", fp32 (eager, inference_mode, NCHW on CPU)
+openvino = the same ONNX export compiled by OpenVINO's CPU plugin, INFERENCE_PRECISION_HINT f32
+           (bench only; needs `pip install openvino`)
+compile  = torch.compile (inductor, weight freezing) of the module, fp32 (bench only)
+jit      = torch.jit.trace + freeze + optimize_for_inference, fp32 (bench only)
+bf16     = the Upscaler with bfloat16 autocast (CPU avx512_bf16/AMX, or CUDA), opt-in
+Every fp32 variant's output is compared with naive's (max/mean abs difference in HU).
 Variants are interleaved within each repetition so that load from other processes hits all
 of them alike; the report gives medians and the naive/fast ratio of the same run.
 
@@ -16,6 +23,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +53,25 @@ def _descriptor(arch: str, weights_dir: Path | None):
     # Latency does not depend on weight values: official configuration, seeded random init.
     torch.manual_seed(0)
     return load_state_dict(state_dict_for_export(create_model(arch)), arch)
+
+
+def _openvino_runner(module: torch.nn.Module, channels: int, size: int, threads: int):
+    """OpenVINO CPU plugin on the same ONNX export as ONNX Runtime, fp32 forced (no silent bf16)."""
+    import openvino as ov
+
+    from sr_engine.backends.ort_runner import export_onnx
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(export_onnx(module, channels))
+        model = core.read_model(str(path))
+    model.reshape([1, channels, size, size])  # static shape: the fastest OpenVINO configuration here
+    compiled = core.compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY",
+    })
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    return lambda t: torch.from_numpy(compiled(t.numpy())[0])
 
 
 def _timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -83,13 +110,44 @@ def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int,
             y = module(x.to(device).expand(-1, channels, -1, -1).contiguous())
         return y.float().mean(1, keepdim=True).clamp(0, 1).cpu()
 
+    def grey(fn):  # the naive call around another runner of the same module: grey -> RGB -> grey
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                y = fn(x.to(device).expand(-1, channels, -1, -1).contiguous())
+            return y.float().mean(1, keepdim=True).clamp(0, 1).cpu()
+        return run
+
     runners = {"naive": naive}
-    if "fast" in variants:
-        up = Upscaler(desc, 4, device, tile=tile, overlap=16, batch=1, precision="fp32")
-        runners["fast"] = lambda: up.upscale_unit(x)
-    if "bf16" in variants and arch not in ("bicubic",):
-        upb = Upscaler(desc, 4, device, tile=tile, overlap=16, batch=1, precision="bf16")
-        runners["bf16"] = lambda: upb.upscale_unit(x)
+    prepare_s: dict[str, float] = {}
+    for name in variants:
+        if name == "naive" or (arch == "bicubic" and name != "fast"):
+            continue
+        bar.set_postfix_str(f"{arch} {size} prepare {name}")
+        t0 = time.perf_counter()
+        if name == "fast":
+            up = Upscaler(desc, 4, device, tile=tile, overlap=16, batch=1, precision="fp32")
+            runners[name] = lambda up=up: up.upscale_unit(x)
+        elif name == "torch":
+            upt = Upscaler(desc, 4, device, tile=tile, overlap=16, batch=1, precision="fp32", runtime="torch")
+            runners[name] = lambda upt=upt: upt.upscale_unit(x)
+        elif name == "bf16":
+            upb = Upscaler(desc, 4, device, tile=tile, overlap=16, batch=1, precision="bf16")
+            runners[name] = lambda upb=upb: upb.upscale_unit(x)
+        elif name == "openvino":
+            runners[name] = grey(_openvino_runner(module, channels, size, torch.get_num_threads()))
+        elif name == "compile":
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True  # constant-fold weights so oneDNN convs get prepacked weights
+            runners[name] = grey(torch.compile(module))
+        elif name == "jit":
+            with torch.no_grad():
+                traced = torch.jit.trace(module, x.expand(-1, channels, -1, -1).contiguous())
+                runners[name] = grey(torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())))
+        else:
+            raise SystemExit(f"unknown variant {name!r}")
+        if name in ("compile", "jit"):
+            runners[name]()  # compilation / optimisation happens on the first calls
+        prepare_s[name] = time.perf_counter() - t0
     times: dict[str, list[float]] = {k: [] for k in runners}
     outputs: dict[str, torch.Tensor] = {}
     # One warm-up call each (oneDNN primitive creation, cuDNN autotune) is not timed, unless
@@ -108,7 +166,8 @@ def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int,
     med = {k: statistics.median(v) for k, v in times.items()}
     row = {
         "model": arch, "lr": size, "hr": size * 4, "params": params, "reps": reps, "tile": tile, "warmup": warmup,
-        "seconds": times, "median_s": med,
+        "seconds": times, "median_s": med, "min_s": {k: min(v) for k, v in times.items()},
+        "prepare_s": prepare_s,
         "speedup_vs_naive": {k: med["naive"] / v for k, v in med.items() if k != "naive"},
         # PSNR of each variant's output against the naive fp32 output, in the unit range and in HU (4095).
         "psnr_vs_naive_db": {k: psnr(outputs[k], outputs["naive"], 1.0).item() for k in outputs if k != "naive"},
