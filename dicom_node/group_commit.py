@@ -35,9 +35,13 @@ class GroupCommitter:
 
     def run(self, fn: Callable[[Session], T]) -> T:
         """Execute fn(session) in the next shared transaction; return once that is committed."""
+        return self.submit(fn).result()
+
+    def submit(self, fn: Callable[[Session], T]) -> Future[T]:
+        """Queue fn(session) for the next shared transaction; the future resolves once committed."""
         future: Future[Any] = Future()
         self._queue.put((fn, future))
-        return future.result()
+        return future
 
     def close(self) -> None:
         """Stop the writer thread once the queued work is done."""

@@ -59,8 +59,8 @@ def resolve_in(storage_dir: Path, rel_path: str | PurePosixPath) -> Path:
     return full
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry itself is on disk.
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory: a new or renamed entry in it is durable only after this (POSIX)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -78,10 +78,10 @@ def _makedirs_durable(directory: Path, root: Path) -> None:
     for created in reversed(missing):
         # A fresh directory must be recorded in its parent too.
         if created.parent == root or root in created.parent.parents:
-            _fsync_dir(created.parent)
+            fsync_dir(created.parent)
 
 
-def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | None = None) -> int:
+def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | None = None, sync_dir: bool = True) -> int:
     """Durably write `chunks` to `target` (tmp file, rename, fsync of file and directory); return size.
 
     A new target is renamed into place first and fsynced after: the file's fsync then commits the
@@ -91,6 +91,8 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
     so a crash in between leaves at worst an unindexed (orphan) file, never a lost acknowledged
     instance. An existing target (a duplicate, already indexed and acknowledged) is only replaced
     by a file that is already on disk: fsync first, then rename, so the old copy survives a crash.
+    With `sync_dir=False` the caller must call `fsync_dir(target.parent)` itself before it
+    acknowledges the file (the C-STORE path overlaps it with the index commit).
     """
     target = Path(target)
     _makedirs_durable(target.parent, Path(root).resolve() if root else target.parent)
@@ -116,7 +118,8 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
     return size
 
 
@@ -131,7 +134,7 @@ def move_into_place(source: Path, target: Path, root: Path | None = None) -> int
     finally:
         os.close(fd)
     os.replace(source, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return size
 
 

@@ -51,9 +51,9 @@ def instrument() -> None:
     import dicom_node.storage as storage
 
     os.fsync = timed("os.fsync (all)", os.fsync)
-    storage._fsync_dir = timed("fsync dir", storage._fsync_dir)
+    storage.fsync_dir = ingest.fsync_dir = timed("fsync dir", storage.fsync_dir)
     ingest.parse_header = timed("parse_header", ingest.parse_header)
-    ingest.atomic_write = timed("write file (tmp, rename, fsync file + dir)", ingest.atomic_write)
+    ingest.atomic_write = timed("write file (tmp, rename, fsync)", ingest.atomic_write)
     ingest._commit_with_retry = timed("index: own transaction", ingest._commit_with_retry)
     ingest._index_known_series = timed("index: statements (in batch)", ingest._index_known_series)
     gc.GroupCommitter.run = timed("index: group commit wait", gc.GroupCommitter.run)
