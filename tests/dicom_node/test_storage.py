@@ -97,3 +97,42 @@ def test_failed_fsync_of_replacement_keeps_old_copy(tmp_path: Path, monkeypatch:
         atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path / "d") == ["f.dcm"]
+
+
+def test_hot_path_directory_fsync_failure_keeps_row_and_file(tmp_path: Path, ct_dirs, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # On the hot path the directory fsync overlaps the commit: if it fails after the row is
+    # committed, the C-STORE fails (not acknowledged) but file and row stay together, and a
+    # re-send succeeds as a duplicate.
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+    from sqlalchemy import func, select
+
+    import dicom_node.ingest as ingest
+    from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.migrate import upgrade
+    from dicom_node.index.models import Instance
+
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    engine = make_engine(url)
+    upgrade(url, engine)
+    factory = session_factory(engine)
+    study, series = generate_uid(), generate_uid()
+    blobs = []
+    for source in sorted(ct_dirs[0].glob("*.dcm"))[:2]:
+        ds = dcmread(source)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        blobs.append(ingest.encode_part10(ds))
+    storage = tmp_path / "storage"
+    ingest.store_encoded(factory, storage, blobs[0], "PACS")  # new series: the full path
+    real = ingest.fsync_dir
+    monkeypatch.setattr(ingest, "fsync_dir", _failing_fsync)
+    with pytest.raises(OSError):
+        ingest.store_encoded(factory, storage, blobs[1], "PACS")  # known series: the hot path
+    with factory() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 2
+        rel = session.scalars(select(Instance.file_path).order_by(Instance.id)).all()[1]
+    assert (storage / rel).read_bytes() == blobs[1]
+    monkeypatch.setattr(ingest, "fsync_dir", real)
+    assert ingest.store_encoded(factory, storage, blobs[1], "PACS").duplicate
+    engine.dispose()
