@@ -64,7 +64,11 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 class Upscaler:
-    """Runs `module` (an nn.Module or a spandrel descriptor) tile by tile on [N, 1, H, W] in [0, 1]."""
+    """Runs `module` (an nn.Module or a spandrel descriptor) tile by tile on [N, 1, H, W] in [0, 1].
+
+    `runtime`: "auto" (ONNX Runtime for fp32 CPU inference of RRDBNet/DPSR descriptors, else torch),
+    "torch", or "onnxruntime"; an ONNX Runtime export snapshots the weights at construction.
+    """
 
     def __init__(
         self,
