@@ -25,7 +25,7 @@ venv: $(STAMP)
 system-deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		dcmtk orthanc dicom3tools redis-server chromium chromium-driver
+		dcmtk orthanc dicom3tools redis-server chromium chromium-driver docker-compose
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

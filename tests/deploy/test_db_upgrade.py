@@ -41,3 +41,22 @@ def test_db_upgrade_bad_config_names_key(tmp_path: Path, capsys: pytest.CaptureF
     config.write_text("node:\n  port: 99999\n")
     assert main(["db", "upgrade", "--config", str(config)]) == 1
     assert "node.port" in capsys.readouterr().err
+
+
+def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
+    # A node and its workers all run migrations on start; on PostgreSQL they must not race.
+    with postgres_database() as url:
+        config = tmp_path / "srnode.yaml"
+        config.write_text(f"node:\n  database_url: {url}\n")
+        procs = [subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "db", "upgrade", "--config", str(config)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        results = []
+        for proc in procs:
+            try:
+                out, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                for p in procs:
+                    p.kill()
+                pytest.fail("concurrent migrations deadlocked")
+            results.append((proc.returncode, err[-500:]))
+    assert all(code == 0 for code, _ in results), results
