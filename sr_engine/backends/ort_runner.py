@@ -27,11 +27,18 @@ def export_onnx(module: torch.nn.Module, channels: int, size: int = 64) -> bytes
     return buf.getvalue()
 
 
-class OrtRunner:
-    """Callable like the module: [B, C, h, w] float32 tensor in, float32 tensor out, fp32 throughout."""
+class OrtRunner(torch.nn.Module):
+    """A module whose forward runs the ONNX export of `source` ([B, C, h, w] float32 in and out).
+
+    `source` stays a submodule so that callers can still inspect parameters (dtype, count); the
+    session holds its own copy of the weights, taken at construction.
+    """
 
     def __init__(self, module: torch.nn.Module, channels: int, threads: int) -> None:
         import onnxruntime as ort
+
+        super().__init__()
+        self.source = module
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -42,6 +49,7 @@ class OrtRunner:
         self.session = ort.InferenceSession(export_onnx(module.cpu().eval(), channels), opts,
                                             providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the session on `x` (moved to CPU float32)."""
         arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
         return torch.from_numpy(self.session.run([_OUT], {_IN: arr})[0])

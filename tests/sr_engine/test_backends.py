@@ -37,6 +37,8 @@ def test_onnxruntime_matches_eager_fp32_tiny(arch: str, ct_slice_hu: torch.Tenso
     ort_up = Upscaler(d, 4, tile=24, overlap=12, runtime="onnxruntime")
     eager = Upscaler(d, 4, tile=24, overlap=12, runtime="torch")
     assert ort_up.runtime == "onnxruntime" and eager.runtime == "torch"
+    # Still a module whose parameters callers can inspect (dtype checks, parameter counts).
+    assert sum(p.numel() for p in ort_up.module.parameters()) == sum(p.numel() for p in d.model.parameters())
     # Raw network output (before clamping) at two shapes other than the export's: dynamic axes work.
     for shape in [(1, 3, 20, 28), (2, 3, 33, 17)]:
         x = torch.rand(shape)
