@@ -38,6 +38,28 @@ def plot_latency(files: list[Path], out: Path) -> Path:
     return path
 
 
+def plot_runtimes(files: list[Path], out: Path) -> Path:
+    """Speed-up over naive (median) of every variant, one panel per run (model, size, threads)."""
+    docs = [json.loads(f.read_text()) for f in files]
+    panels = [(d, r) for d in docs for r in d["rows"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (doc, r) in zip(axes[0], panels):
+        names = list(r["speedup_vs_naive"])
+        ax.bar(names, [r["speedup_vs_naive"][n] for n in names],
+               color=["tab:red" if n == "bf16" else "tab:blue" for n in names])
+        ax.axhline(1, color="k", lw=1)
+        ax.axhline(2, color="k", lw=1, ls="--", label="goal 2x")
+        ax.set_title(f"{r['model']} {r['lr']}->{r['hr']}, {doc['threads']} thr, tile {r['tile'] or 'none'}", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.set_ylabel("speed-up vs naive fp32 (median)")
+        ax.legend(fontsize=8)
+    fig.suptitle("CPU runtimes, same run each (red: bf16, not exact)")
+    fig.tight_layout()
+    path = out / "runtimes.png"
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def plot_evaluate(file: Path, out: Path) -> Path:
     """Per-slice PSNR (HU range) of the model against bicubic on the same slice."""
     doc = json.loads(file.read_text())
@@ -63,12 +85,15 @@ def plot_evaluate(file: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latency", nargs="*", type=Path, default=[])
+    p.add_argument("--runtimes", nargs="*", type=Path, default=[])
     p.add_argument("--evaluate", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench/sr/results"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.latency:
         print(plot_latency(args.latency, args.out))
+    if args.runtimes:
+        print(plot_runtimes(args.runtimes, args.out))
     if args.evaluate:
         print(plot_evaluate(args.evaluate, args.out))
     return 0
