@@ -35,13 +35,9 @@ class GroupCommitter:
 
     def run(self, fn: Callable[[Session], T]) -> T:
         """Execute fn(session) in the next shared transaction; return once that is committed."""
-        return self.submit(fn).result()
-
-    def submit(self, fn: Callable[[Session], T]) -> Future[T]:
-        """Queue fn(session) for the next shared transaction; the future resolves once committed."""
         future: Future[Any] = Future()
         self._queue.put((fn, future))
-        return future
+        return future.result()
 
     def close(self) -> None:
         """Stop the writer thread once the queued work is done."""

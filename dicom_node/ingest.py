@@ -42,7 +42,6 @@ from dicom_node.index.models import Instance, Patient, Series, SeriesState, Stud
 from dicom_node.storage import (
     InvalidUID,
     atomic_write,
-    fsync_dir,
     StorageError,
     instance_rel_path,
     resolve_in,
@@ -425,8 +424,7 @@ def store_encoded(
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     target = resolve_in(storage_dir, rel)
     existed = target.exists()
-    # The directory fsync is left to the branches below: on the hot path it overlaps the commit.
-    size = atomic_write(target, data, root=storage_dir, sync_dir=False)
+    size = atomic_write(target, data, root=storage_dir)  # `target` is already resolved inside storage_dir
 
     key = (_url_of(factory), study, series)
 
@@ -440,39 +438,21 @@ def store_encoded(
         _cache_put(key, inst.series_pk)
         return StoreResult(inst.id, inst.series_pk, str(rel), size, dup, inst.is_image)
 
-    committed = False
     try:
         cached = _cache_get(key) if derived_from_job is None else None
         if cached is not None:
-            # Hot path: an instance of a series already seen, committed together with whatever
-            # the other associations are storing right now. The file's data is already fsynced;
-            # its directory is fsynced while the commit runs (two device flushes at once instead
-            # of one after the other); Success waits for both (see docs/storage.md).
+            # Hot path: an instance of a series already seen, committed together with
+            # whatever the other associations are storing right now.
             committer = committer_for(factory, clean_errors=(DuplicateConflict, _StaleSeriesCache))
-            pending = committer.submit(lambda session: known_series(session, cached))
-            dir_error: OSError | None = None
             try:
-                fsync_dir(target.parent)
-            except OSError as exc:
-                dir_error = exc
-            try:
-                result = pending.result()
-                committed = True
+                return committer.run(lambda session: known_series(session, cached))
             except _StaleSeriesCache:
                 _cache_drop(key)
             except BatchFailed:
                 pass  # redo it alone below
-            if dir_error is not None:
-                # Not acknowledged; if the row is committed, the file stays with it (a re-send
-                # of the instance then takes the duplicate path).
-                raise dir_error
-            if committed:
-                return result
-        else:
-            fsync_dir(target.parent)
         return _commit_with_retry(factory, work)
     except BaseException:
-        if not existed and not committed:
+        if not existed:
             # Not acknowledged and not indexed: leave nothing behind.
             try:
                 os.unlink(target)

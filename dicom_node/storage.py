@@ -81,7 +81,7 @@ def _makedirs_durable(directory: Path, root: Path) -> None:
             fsync_dir(created.parent)
 
 
-def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | None = None, sync_dir: bool = True) -> int:
+def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | None = None) -> int:
     """Durably write `chunks` to `target` (tmp file, rename, fsync of file and directory); return size.
 
     A new target is renamed into place first and fsynced after: the file's fsync then commits the
@@ -91,8 +91,6 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
     so a crash in between leaves at worst an unindexed (orphan) file, never a lost acknowledged
     instance. An existing target (a duplicate, already indexed and acknowledged) is only replaced
     by a file that is already on disk: fsync first, then rename, so the old copy survives a crash.
-    With `sync_dir=False` the caller must call `fsync_dir(target.parent)` itself before it
-    acknowledges the file (the C-STORE path overlaps it with the index commit).
     """
     target = Path(target)
     _makedirs_durable(target.parent, Path(root).resolve() if root else target.parent)
@@ -118,8 +116,7 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
         except FileNotFoundError:
             pass
         raise
-    if sync_dir:
-        fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return size
 
 
