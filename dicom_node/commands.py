@@ -41,6 +41,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicom_node.server import NodeServer
 
     node = NodeServer(cfg)
+    stop_requested = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received: no new associations, waiting up to %.0f s for %d open one(s)",
+                 signal.Signals(signum).name, cfg.node.shutdown_grace_s, node.active_associations())
+        stop_requested.set()
+        # Close the listener now (from a thread: shutdown() waits for the accept loop).
+        threading.Thread(target=node.stop_accepting, name="srnode-stop-accepting", daemon=True).start()
+
+    # Before start(): the listener accepts associations while the services are still loading
+    # (torch, Celery), and a SIGTERM in that window must still drain them, not kill the process.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         node.start()
     except OSError as exc:
@@ -48,15 +61,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         node.stop(0)
         return 1
-    stop_requested = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("%s received: no new associations, waiting up to %.0f s for %d open one(s)",
-                 signal.Signals(signum).name, cfg.node.shutdown_grace_s, node.active_associations())
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     while not stop_requested.wait(0.5):
         pass
     node.stop()

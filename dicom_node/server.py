@@ -82,6 +82,9 @@ class NodeServer:
         self._children: list[Any] = []
         self._started: list[Service] = []
         self._stopped = threading.Event()
+        self._accept_lock = threading.Lock()
+        self._closed_server: Any = None
+        self._in_flight: list[Any] = []
 
     def start(self) -> None:
         """Migrate the index, start listening, then assembly and services."""
@@ -114,16 +117,28 @@ class NodeServer:
         """Associations currently open on the listener."""
         return len(self.server.active_associations) if self.server else 0
 
+    def stop_accepting(self) -> None:
+        """Close the listening socket(s) now; open associations keep running (stop() drains them).
+
+        Idempotent; safe to call from a signal handler's helper thread while start() runs.
+        """
+        with self._accept_lock:
+            if self.server is None or self._closed_server is not None:
+                return
+            self._closed_server = self.server
+            self._in_flight = list(self.server.active_associations)
+            self.server.shutdown()  # closes the listening socket; open associations keep running
+            for child in self._children:
+                child.terminate()  # each child closes its socket and drains its own associations
+
     def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, let in-flight associations finish (up to the grace), stop everything."""
         grace = self.cfg.node.shutdown_grace_s if grace_s is None else grace_s
+        self.stop_accepting()
         children, self._children = self._children, []
         if self.server is not None:
-            server, self.server = self.server, None
-            in_flight = list(server.active_associations)
-            server.shutdown()  # closes the listening socket; open associations keep running
-            for child in children:
-                child.terminate()  # each child closes its socket and drains its own associations
+            self.server = None
+            in_flight = self._in_flight
             deadline = time.monotonic() + grace
             while any(a.is_alive() for a in in_flight) and time.monotonic() < deadline:
                 time.sleep(0.05)
