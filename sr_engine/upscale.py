@@ -29,6 +29,16 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def grey_to_model(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey [B, 1, h, w] → the model's input: replicated to `channels` for RGB models."""
+    return x.expand(-1, channels, -1, -1) if channels != 1 else x
+
+
+def model_to_grey(y: torch.Tensor) -> torch.Tensor:
+    """A model's output → grey [B, 1, H, W]: RGB channels averaged (they agree for grey input)."""
+    return y.mean(dim=1, keepdim=True) if y.shape[1] != 1 else y
+
+
 def image_channels(module: torch.nn.Module) -> int:
     """Image channels a module expects (1 grey or 3 RGB), read from its attributes or first conv."""
     if hasattr(module, "image_channels"):
@@ -140,16 +150,12 @@ class Upscaler:
         ph, pw = max(0, self.min_size - h), max(0, self.min_size - w)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        if self.channels != 1:
-            x = x.expand(-1, self.channels, -1, -1)
-        x = x.to(self.device)
+        x = grey_to_model(x, self.channels).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             y = self.module(x)
-        y = y.float()
-        if y.shape[1] != 1:
-            y = y.mean(dim=1, keepdim=True)
+        y = model_to_grey(y.float())
         return y[..., : h * self.scale, : w * self.scale].clamp_(0, 1)
 
     def _upscale_tiled(self, x: torch.Tensor, tile: int | None) -> torch.Tensor:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from sr_engine.archs import create_model, load_checkpoint, state_dict_for_export
 from sr_engine.intensity import IntensityMapping, mapping_for
-from sr_engine.upscale import image_channels
+from sr_engine.upscale import grey_to_model, image_channels, model_to_grey
 from training.checkpoint import load_training_state, rng_state, save_atomic, set_rng_state
 from training.dataset_index import SeriesRecord, index_dicom_trees, split_records
 from training.degradations import BLIND, DegradationConfig
@@ -97,8 +97,7 @@ def forward_grey(model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
     RGB models see the grey slice replicated and their output is averaged back, as at inference.
     """
     ch = image_channels(model.module if isinstance(model, DDP) else model)
-    y = model(lr.expand(-1, ch, -1, -1) if ch != 1 else lr)
-    return y.mean(dim=1, keepdim=True) if y.shape[1] != 1 else y
+    return model_to_grey(model(grey_to_model(lr, ch)))
 
 
 def build_model(preset: Preset, init: Path | None) -> nn.Module:
