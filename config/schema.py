@@ -150,8 +150,11 @@ class OutputConfig(_Strict):
 class WorkerConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     concurrency: int = Field(1, ge=1)
-    tile_size: int = Field(256, ge=16)
-    tile_overlap: int = Field(16, ge=0)
+    # 0: whole slices, split into tiles only after an out-of-memory error. Measured on CPU
+    # (512x512 CT, x4): whole slices were 2x faster than 256 px tiles and exact, while tiles with
+    # a 16 px overlap left seams of up to 11 HU (4.5 HU with 32 px).
+    tile_size: int = Field(0, ge=0)
+    tile_overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
     max_retries: int = Field(5, ge=0)
     # The embedded worker inside `srnode serve` (no broker server needed).

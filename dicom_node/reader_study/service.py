@@ -85,7 +85,7 @@ def _load_models(cfg: SRNodeConfig, names: list[str]) -> dict[str, Any]:
     out = {}
     for n in names:
         try:
-            out[n] = load(resolve(n, cfg.models), device, tile=cfg.worker.tile_size, overlap=cfg.worker.tile_overlap,
+            out[n] = load(resolve(n, cfg.models), device, tile=cfg.worker.tile_size or None, overlap=cfg.worker.tile_overlap,
                           batch=cfg.worker.batch_size)
         except Exception as exc:  # noqa: BLE001 - which model failed is what the admin needs to know
             raise StudyError("models", f"model {n!r} cannot be loaded: {exc}") from exc
