@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -94,12 +95,21 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=4)
     args = ap.parse_args()
     instrument()
+    tmp = Path(tempfile.mkdtemp(prefix="srnode-profile-store-"))
+    try:
+        run(tmp, args.instances, args.parallel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def run(tmp: Path, instances: int, parallel_max: int) -> None:
+    """Send the instances over 1 and `parallel_max` associations to a fresh node each time."""
     from config.loader import load_config
     from dicom_node.server import NodeServer
 
-    tmp = Path(tempfile.mkdtemp(prefix="srnode-profile-store-"))
-    files = bench_store.make_instances(tmp / "input", args.instances)
-    for parallel in (1, args.parallel):
+    files = bench_store.make_instances(tmp / "input", instances)
+    for parallel in (1, parallel_max):
         work = tmp / f"node-{parallel}"
         work.mkdir()
         port = bench_store.free_port()
@@ -112,7 +122,6 @@ def main() -> int:
         finally:
             node.stop()
         report(f"{parallel} association(s): {len(files) / elapsed:.0f} instances/s")
-    return 0
 
 
 if __name__ == "__main__":
