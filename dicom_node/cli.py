@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # Libraries' INFO chatter (Alembic's plugin set-up, pynetdicom's PDU traces) hides srnode's own lines.
+        for name in ("alembic", "pynetdicom"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     func = getattr(args, "func", None)
     if not func:
         parser.print_help()
