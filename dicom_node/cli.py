@@ -45,14 +45,25 @@ def main(argv: list[str] | None = None) -> int:
         # Libraries' INFO chatter (Alembic's plugin set-up, pynetdicom's PDU traces) hides srnode's own lines.
         for name in ("alembic", "pynetdicom"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    func = getattr(args, "func", None)
-    if not func:
+    if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run `args.func` (a function or a lazy "module:function"); a bad config file is one message, exit 1."""
+    from config.loader import ConfigError
+
+    func = args.func
     if isinstance(func, str):
         module, _, name = func.partition(":")
         func = getattr(importlib.import_module(module), name)
-    return int(func(args) or 0)
+    try:
+        return int(func(args) or 0)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,18 +7,14 @@ import signal
 import sys
 import threading
 
-from config.loader import ConfigError, load_config
+from config.loader import load_config
 
 log = logging.getLogger("srnode")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     """Print OK, or the offending keys and why; exit code 1 on error."""
-    try:
-        load_config(args.file)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    load_config(args.file)  # a ConfigError is reported by the CLI (dicom_node.cli.run_command)
     print("OK")
     return 0
 
@@ -32,11 +28,7 @@ def quiet_libraries(level: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the node in the foreground until SIGTERM/SIGINT (in-flight associations may finish)."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = load_config(args.config)
     quiet_libraries(cfg.node.log_level)
     from dicom_node.server import NodeServer
 
@@ -89,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from dicom_node.cli import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":

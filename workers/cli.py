@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from config.loader import ConfigError, load_config
+from config.loader import load_config
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.device import limit_cpu_threads, pick_device
     from workers.tasks import WorkerRuntime, register_tasks
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = load_config(args.config)
     device = pick_device(args.device or cfg.worker.device)
     limit_cpu_threads(device, args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else routed_models(cfg)
@@ -80,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["worker", *(argv if argv is not None else sys.argv[1:])])
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    from dicom_node.cli import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":

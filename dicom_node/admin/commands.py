@@ -6,20 +6,15 @@ processes starting together never race to create the same tables.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from config.loader import ConfigError, load_config
+from config.loader import load_config
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Bring the index database named in the config to the newest revision."""
     from dicom_node.index.migrate import upgrade
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    cfg = load_config(args.config)
     upgrade(cfg.node.database_url)
     print("index database is at the newest revision")
     return 0
