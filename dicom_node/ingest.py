@@ -42,7 +42,6 @@ from dicom_node.index.models import Instance, Patient, Series, SeriesState, Stud
 from dicom_node.storage import (
     InvalidUID,
     atomic_write,
-    StorageError,
     instance_rel_path,
     resolve_in,
     validate_uid,

@@ -19,7 +19,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dicom_node.index.db import make_engine, session_factory
     from dicom_node.index.migrate import upgrade
     from workers.app import make_celery, queues_for, routed_models
-    from workers.device import limit_cpu_threads, pick_device
+    from sr_engine.device import pick_device
+    from workers.device import limit_cpu_threads
     from workers.tasks import WorkerRuntime, register_tasks
 
     cfg = load_config(args.config)

@@ -5,8 +5,6 @@ import os
 
 import torch
 
-from sr_engine.device import pick_device  # noqa: F401 - re-exported for workers
-
 
 def limit_cpu_threads(device: str, threads: int | None = None) -> None:
     """On CPU keep torch to a few threads so the node's own threads are not starved."""

@@ -7,7 +7,6 @@ alternate between the two archives; the median per archive is reported.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time

@@ -1,7 +1,6 @@
 """Fault tests: a worker SIGKILLed mid-series, a destination down for 30 s, a node restart."""
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
