@@ -38,12 +38,13 @@ def utc(d):  # type: ignore[no-untyped-def]
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
 
 
-def one_run(shared: Path, n: int, out: Path, stable_after_s: float) -> dict[str, float]:
+def one_run(shared: Path, n: int, out: Path, stable_after_s: float,
+            weights_name: str = "RealESRGAN_x4plus_anime_6B.pth") -> dict[str, float]:
     folder = shared / "data" / "ct" / "cptac-lscc_C3N-00247_chest"
     hr = [np.clip(modality_values(dcmread(f)), -1024, 3071) for f in sorted(folder.glob("*.dcm"))[:n]]
     files = lowres_series(hr, 4, out / "input")
     dest = Destination()
-    weights = shared / "weights" / "RealESRGAN_x4plus_anime_6B.pth"
+    weights = shared / "weights" / weights_name
     cfg = parse_config({
         "node": {"ae_title": "SRNODE", "host": "127.0.0.1", "port": 0, "storage_dir": str(out / "storage"),
                  "database_url": f"sqlite:///{out / 'index.db'}", "require_known_callers": False,
@@ -92,6 +93,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--stable-after", type=float, default=2.0)
     ap.add_argument("--out", default=str(REPO / "var" / "bench-pipeline"))
+    ap.add_argument("--weights", default="RealESRGAN_x4plus_anime_6B.pth",
+                    help="checkpoint file name in SHARED/weights (RealESRGAN_x4plus.pth: the paper's model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     runs = []
@@ -100,7 +103,7 @@ def main() -> int:
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-        runs.append(one_run(Path(args.shared), args.slices, out, args.stable_after))
+        runs.append(one_run(Path(args.shared), args.slices, out, args.stable_after, args.weights))
         print(f"run {i}: " + ", ".join(f"{k} {v:.2f} s" for k, v in runs[-1].items()), flush=True)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     overhead = med["total"] - med["inference"] - med["stability wait"]

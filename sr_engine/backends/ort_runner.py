@@ -45,6 +45,9 @@ class OrtRunner(torch.nn.Module):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1
+        # No busy-waiting between runs: ORT's idle threads otherwise spin on the cores the worker
+        # needs right after inference (deriving, writing and sending the slices).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # errors only: ORT's info lines are noise in the worker log
         self.session = ort.InferenceSession(export_onnx(module.cpu().eval(), channels), opts,
                                             providers=["CPUExecutionProvider"])
