@@ -59,23 +59,25 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
 
 
+def _require_role(request: Request, creds: HTTPAuthorizationCredentials | None,
+                  roles: frozenset[str], refusal: str) -> Principal:
+    # One check for every role-guarded dependency: known token, allowed role, one log line if not.
+    who = _principal(request, creds)
+    if who.role not in roles:
+        log.warning("admin API: %s may not %s %s", who.actor, request.method, request.url.path)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {who.role!r} {refusal}")
+    return who
+
+
 def require_read(
     request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> Principal:
     """Dependency: a token whose role may read."""
-    who = _principal(request, creds)
-    if who.role not in READ_ROLES:
-        log.warning("admin API: %s may not %s %s", who.actor, request.method, request.url.path)
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {who.role!r} may not read the admin API")
-    return who
+    return _require_role(request, creds, READ_ROLES, "may not read the admin API")
 
 
 def require_admin(
     request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> Principal:
     """Dependency: a token with the admin role (needed for every change)."""
-    who = _principal(request, creds)
-    if who.role not in WRITE_ROLES:
-        log.warning("admin API: %s may not %s %s", who.actor, request.method, request.url.path)
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {who.role!r} may not change anything")
-    return who
+    return _require_role(request, creds, WRITE_ROLES, "may not change anything")

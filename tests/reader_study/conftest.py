@@ -18,9 +18,8 @@ from config.live import LiveConfig
 from config.loader import parse_config
 from dicom_node.admin import create_app
 from dicom_node.admin.auth import token_fingerprint
-from dicom_node.index.db import make_engine, session_factory
-from dicom_node.index.migrate import upgrade
 from dicom_node.ingest import store_encoded
+from tests.admin.conftest import sessions  # noqa: F401 - the same index fixture as the admin tests
 
 ADMIN = "rs-admin-token-0123456789"
 READERS = ("rs-reader-one-0123456789", "rs-reader-two-0123456789")
@@ -67,15 +66,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             yield url
     else:
         yield f"sqlite:///{tmp_path / 'index.db'}"
-
-
-@pytest.fixture()
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    url = database_url
-    engine = make_engine(url)
-    upgrade(url, engine=engine)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture()
