@@ -23,6 +23,7 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from tqdm import tqdm
 
 from config.loader import parse_config
+from dicom_node.ae import NODELAY
 from dicom_node.commands import quiet_libraries
 from dicom_node.index.models import Job
 from dicom_node.server import NodeServer
@@ -124,7 +125,7 @@ def send(files: list[Path], port: int) -> None:
     """C-STORE the files to the node."""
     ae = AE(ae_title="DEMO_SCANNER")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SRNODE")
+    assoc = ae.associate("127.0.0.1", port, ae_title="SRNODE", evt_handlers=NODELAY)
     if not assoc.is_established:
         raise RuntimeError("the node refused the association")
     for f in files:

@@ -1,7 +1,8 @@
 """Put an instance on disk and in the index: the one path every producer uses.
 
 The C-STORE handler, the derived-series writer, Q/R tests and fixtures all call
-`store_encoded` (bytes as received) or `store_dataset` (a pydicom Dataset), which validate,
+`store_encoded` (bytes as received), `store_dataset` (a pydicom Dataset) or their batch forms
+(`store_encoded_many`, `store_datasets`: one commit for several instances), which validate,
 write the file atomically and upsert Patient/Study/Series/Instance through `index_instance`.
 
 Policies (see docs/storage.md):
@@ -26,7 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -42,12 +44,14 @@ from dicom_node.index.models import Instance, Patient, Series, SeriesState, Stud
 from dicom_node.storage import (
     InvalidUID,
     atomic_write,
+    fsync_dir,
     instance_rel_path,
     resolve_in,
     validate_uid,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _parsing = threading.local()
 
@@ -397,6 +401,51 @@ def _url_of(factory: sessionmaker[Session]) -> str:
     return str(getattr(bind, "url", id(factory)))
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A parsed instance whose UIDs were validated, with its place under storage_dir."""
+
+    ds: Dataset
+    sop: str
+    rel: PurePosixPath
+    target: Path
+    tsyntax: str
+    series_key: tuple[str, str, str]
+
+
+def _check(factory: sessionmaker[Session], storage_dir: Path, data: bytes,
+           expected_sop_instance_uid: str | None = None) -> _Checked:
+    ds = parse_header(data)
+    try:
+        study = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+        series = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        sop = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        if expected_sop_instance_uid is not None and sop != str(expected_sop_instance_uid).rstrip("\x00 "):
+            raise BadUID("SOPInstanceUID in the dataset differs from the C-STORE request's")
+        rel = instance_rel_path(study, series, sop)
+    except InvalidUID as exc:
+        raise BadUID(str(exc)) from None
+    return _Checked(ds, sop, rel, resolve_in(storage_dir, rel), str(ds.file_meta.get("TransferSyntaxUID", "")),
+                    (_url_of(factory), study, series))
+
+
+def _index_checked(session: Session, item: _Checked, size: int, sender_ae: str,
+                   derived_from_job: int | None) -> StoreResult:
+    dup = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == item.sop)) is not None
+    inst = index_instance(session, item.ds, item.rel, size, item.tsyntax, sender_ae, derived_from_job)
+    _cache_put(item.series_key, inst.series_pk)
+    return StoreResult(inst.id, inst.series_pk, str(item.rel), size, dup, inst.is_image)
+
+
+def _remove_new(targets: list[Path]) -> None:
+    # Not acknowledged and not indexed: leave nothing behind.
+    for target in targets:
+        try:
+            os.unlink(target)
+        except FileNotFoundError:
+            pass
+
+
 def store_encoded(
     factory: sessionmaker[Session],
     storage_dir: Path,
@@ -410,35 +459,16 @@ def store_encoded(
     Raises a RejectedInstance subclass (with a DIMSE status) for anything refused; nothing is
     left on disk or in the index for a refused instance.
     """
-    ds = parse_header(data)
-    try:
-        study = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-        series = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-        sop = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
-        if expected_sop_instance_uid is not None and sop != str(expected_sop_instance_uid).rstrip("\x00 "):
-            raise BadUID("SOPInstanceUID in the dataset differs from the C-STORE request's")
-        rel = instance_rel_path(study, series, sop)
-    except InvalidUID as exc:
-        raise BadUID(str(exc)) from None
-    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    target = resolve_in(storage_dir, rel)
-    existed = target.exists()
-    size = atomic_write(target, data, root=storage_dir)  # `target` is already resolved inside storage_dir
-
-    key = (_url_of(factory), study, series)
+    item = _check(factory, storage_dir, data, expected_sop_instance_uid)
+    existed = item.target.exists()
+    size = atomic_write(item.target, data, root=storage_dir)  # `target` is already resolved inside storage_dir
 
     def known_series(session: Session, series_pk: int) -> StoreResult:
-        pk, dup, is_image = _index_known_series(session, series_pk, ds, rel, size, tsyntax, sender_ae)
-        return StoreResult(pk, series_pk, str(rel), size, dup, is_image)
-
-    def work(session: Session) -> StoreResult:
-        dup = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
-        inst = index_instance(session, ds, rel, size, tsyntax, sender_ae, derived_from_job)
-        _cache_put(key, inst.series_pk)
-        return StoreResult(inst.id, inst.series_pk, str(rel), size, dup, inst.is_image)
+        pk, dup, is_image = _index_known_series(session, series_pk, item.ds, item.rel, size, item.tsyntax, sender_ae)
+        return StoreResult(pk, series_pk, str(item.rel), size, dup, is_image)
 
     try:
-        cached = _cache_get(key) if derived_from_job is None else None
+        cached = _cache_get(item.series_key) if derived_from_job is None else None
         if cached is not None:
             # Hot path: an instance of a series already seen, committed together with
             # whatever the other associations are storing right now.
@@ -446,17 +476,44 @@ def store_encoded(
             try:
                 return committer.run(lambda session: known_series(session, cached))
             except _StaleSeriesCache:
-                _cache_drop(key)
+                _cache_drop(item.series_key)
             except BatchFailed:
                 pass  # redo it alone below
-        return _commit_with_retry(factory, work)
+        return _commit_with_retry(factory, lambda session: _index_checked(session, item, size, sender_ae, derived_from_job))
     except BaseException:
         if not existed:
-            # Not acknowledged and not indexed: leave nothing behind.
-            try:
-                os.unlink(target)
-            except FileNotFoundError:
-                pass
+            _remove_new([item.target])
+        raise
+
+
+def store_encoded_many(
+    factory: sessionmaker[Session],
+    storage_dir: Path,
+    items: Sequence[bytes],
+    sender_ae: str,
+    derived_from_job: int | None = None,
+    also: Callable[[Session, list[StoreResult]], T] | None = None,
+) -> tuple[list[StoreResult], T | None]:
+    """Store several instances at once: each file written and fsynced, one directory fsync per
+    directory, and every index row (plus whatever `also` adds, e.g. outbox rows) in one commit.
+
+    All or nothing, like `store_encoded`: on any failure the new files are removed and no row
+    is committed. Returns the results and `also`'s return value.
+    """
+    checked = [_check(factory, storage_dir, data) for data in items]
+    new = [c.target for c in checked if not c.target.exists()]
+    try:
+        sizes = [atomic_write(c.target, data, root=storage_dir, sync_dir=False) for c, data in zip(checked, items)]
+        for directory in dict.fromkeys(c.target.parent for c in checked):
+            fsync_dir(directory)
+
+        def work(session: Session) -> tuple[list[StoreResult], T | None]:
+            results = [_index_checked(session, c, size, sender_ae, derived_from_job) for c, size in zip(checked, sizes)]
+            return results, (also(session, results) if also is not None else None)
+
+        return _commit_with_retry(factory, work)
+    except BaseException:
+        _remove_new(new)
         raise
 
 
@@ -471,6 +528,19 @@ def encode_part10(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
+
+
+def store_datasets(
+    factory: sessionmaker[Session],
+    storage_dir: Path,
+    datasets: Sequence[Dataset],
+    sender_ae: str = "",
+    derived_from_job: int | None = None,
+    also: Callable[[Session, list[StoreResult]], T] | None = None,
+) -> tuple[list[StoreResult], T | None]:
+    """Write and index several pydicom Datasets in one transaction (see `store_encoded_many`)."""
+    return store_encoded_many(factory, storage_dir, [encode_part10(ds) for ds in datasets], sender_ae,
+                              derived_from_job, also)
 
 
 def store_dataset(

@@ -81,7 +81,7 @@ def _makedirs_durable(directory: Path, root: Path) -> None:
             fsync_dir(created.parent)
 
 
-def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | None = None) -> int:
+def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | None = None, sync_dir: bool = True) -> int:
     """Durably write `chunks` to `target` (tmp file, rename, fsync of file and directory); return size.
 
     A new target is renamed into place first and fsynced after: the file's fsync then commits the
@@ -91,6 +91,8 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
     so a crash in between leaves at worst an unindexed (orphan) file, never a lost acknowledged
     instance. An existing target (a duplicate, already indexed and acknowledged) is only replaced
     by a file that is already on disk: fsync first, then rename, so the old copy survives a crash.
+    With `sync_dir=False` the caller fsyncs the directory itself (once for several files) before
+    indexing any of them.
     """
     target = Path(target)
     _makedirs_durable(target.parent, Path(root).resolve() if root else target.parent)
@@ -116,7 +118,8 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
     return size
 
 

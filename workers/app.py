@@ -55,7 +55,7 @@ def make_celery(cfg: SRNodeConfig, models: list[str] | None = None) -> Celery:
         path.parent.mkdir(parents=True, exist_ok=True)
         # No "sqla+" prefix: it would select kombu's own transport over broker_transport.
         broker = f"sqlite:///{path}"
-        transport_options = {}
+        transport_options = {}  # kombu's SQLAlchemy transport hands these to create_engine
         transport = "workers.embedded_transport:Transport"
     app.conf.update(
         broker_url=broker,

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -27,7 +28,7 @@ from config.schema import SRNodeConfig
 from dicom_node.derive.writer import Derivation, derive_classic, derive_enhanced, encode
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import Instance, Job, JobState, Outbox, OutboxState, Series
-from dicom_node.ingest import store_dataset
+from dicom_node.ingest import StoreResult, store_datasets
 from dicom_node.outbox.queue import enqueue
 from dicom_node.storage import resolve_in
 from sr_engine.intensity import modality_values
@@ -206,35 +207,43 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
         job.progress_total, job.progress_done = total, total - len(todo)
         job.derived_series_uid = derivation.series_uid(ctx.source_series_uid)
     mapping = _mapping(model, ctx.modality, files)
-    classic: list[Dataset] = []
+    writer = _ChunkWriter(cfg, factory, ctx, derivation, enhanced)
     done = total - len(todo)
     bar = tqdm(total=total, initial=done, desc=f"job #{job_id} {ctx.model}", unit="slice", leave=False,
                disable=None)  # no bar when stderr is not a terminal (services, tests)
-    for chunk in _chunks(todo, files, cfg.worker.batch_size):
-        with timings.measure("read"):
-            datasets = [dcmread(files[i]) for i in chunk]
-            values = np.stack([modality_values(ds) for ds in datasets]).astype(np.float32)
-        with timings.measure("infer"):
-            upscaled = model.upscale(values, mapping)
-        with timings.measure("write"):
-            for ds, up in zip(datasets, upscaled):
-                derived = derive_classic(ds, np.asarray(up), derivation)
-                if enhanced:
-                    classic.append(derived)
-                else:
-                    _store_and_queue(factory, storage_dir, encode(derived, derivation.transfer_syntax), job_id,
-                                     ctx.destinations, cfg.node.ae_title)
-        done += len(chunk)
-        bar.update(len(chunk))
-        if _set_progress(factory, job_id, done) == JobState.cancelled:
-            bar.close()
-            log.info("job #%d cancelled at %d of %d slices", job_id, done, total)
-            return "cancelled"
+    # One writer thread: chunk k is derived, written and committed while chunk k+1 is inferred.
+    # "write" counts only the time the loop waits for it, i.e. what it adds to the job's wall time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"srnode-write-{job_id}") as pool:
+        pending: Future[JobState] | None = None
+        for chunk in _chunks(todo, files, cfg.worker.batch_size):
+            with timings.measure("read"):
+                datasets = [dcmread(files[i]) for i in chunk]
+                values = np.stack([modality_values(ds) for ds in datasets]).astype(np.float32)
+            with timings.measure("infer"):
+                upscaled = model.upscale(values, mapping)
+            if pending is not None:
+                with timings.measure("write"):
+                    state = pending.result()
+                if state == JobState.cancelled:
+                    bar.close()
+                    log.info("job #%d cancelled at %d of %d slices", job_id, done, total)
+                    return "cancelled"
+            done += len(chunk)
+            pending = pool.submit(writer.write, datasets, upscaled, done)
+            bar.update(len(chunk))
+        if pending is not None:
+            with timings.measure("write"):
+                state = pending.result()
+            if state == JobState.cancelled:
+                bar.close()
+                log.info("job #%d cancelled at %d of %d slices", job_id, done, total)
+                return "cancelled"
     bar.close()
+    timings.stages["write_busy"] = writer.busy_s
     if enhanced:
         with timings.measure("write"):
-            obj = derive_enhanced(classic, ctx.source_series_uid, derivation)
-            _store_and_queue(factory, storage_dir, obj, job_id, ctx.destinations, cfg.node.ae_title)
+            obj = derive_enhanced(writer.classic, ctx.source_series_uid, derivation)
+            writer.store([obj], len(ctx.sources))
     return _finish(factory, ctx, timings)
 
 
@@ -280,13 +289,43 @@ def _chunks(todo: list[int], files: list[Path], size: int) -> Iterator[list[int]
         yield batch
 
 
-def _store_and_queue(factory: sessionmaker[Session], storage_dir: Path, ds: Dataset, job_id: int,
-                     destinations: list[str], node_ae: str) -> None:
-    # Stored and indexed locally first (for C-MOVE), then one outbox row per destination.
-    result = store_dataset(factory, storage_dir, ds, sender_ae=node_ae, derived_from_job=job_id)
-    if destinations:
-        with session_scope(factory) as session:
-            enqueue(session, [result.instance_pk], destinations, job_pk=job_id)
+class _ChunkWriter:
+    """Derive, store and index one chunk of upscaled slices, its outbox rows and the job's progress
+    in one transaction (all or nothing, so a resumed job finds whole chunks)."""
+
+    def __init__(self, cfg: SRNodeConfig, factory: sessionmaker[Session], ctx: JobContext,
+                 derivation: Derivation, enhanced: bool) -> None:
+        self.cfg, self.factory, self.ctx, self.derivation, self.enhanced = cfg, factory, ctx, derivation, enhanced
+        self.classic: list[Dataset] = []  # enhanced output: the frames, combined at the end
+        self.busy_s = 0.0
+
+    def write(self, datasets: list[Dataset], upscaled: np.ndarray, done: int) -> JobState:
+        t0 = time.perf_counter()
+        derived = [derive_classic(ds, np.asarray(up), self.derivation) for ds, up in zip(datasets, upscaled)]
+        if self.enhanced:
+            self.classic.extend(derived)
+            state = _set_progress(self.factory, self.ctx.job_id, done)
+        else:
+            state = self.store([encode(d, self.derivation.transfer_syntax) for d in derived], done)
+        self.busy_s += time.perf_counter() - t0
+        return state
+
+    def store(self, datasets: list[Dataset], done: int) -> JobState:
+        """Stored and indexed locally (for C-MOVE), one outbox row per destination, progress."""
+        def queue_and_progress(session: Session, results: list[StoreResult]) -> JobState:
+            if self.ctx.destinations:
+                enqueue(session, [r.instance_pk for r in results], self.ctx.destinations, job_pk=self.ctx.job_id)
+            job = session.get(Job, self.ctx.job_id)
+            assert job is not None
+            job.progress_done = done
+            job.heartbeat_at = utcnow()
+            return job.state
+
+        _, state = store_datasets(self.factory, Path(self.cfg.node.storage_dir), datasets,
+                                  sender_ae=self.cfg.node.ae_title, derived_from_job=self.ctx.job_id,
+                                  also=queue_and_progress)
+        assert state is not None
+        return state
 
 
 def fail_job(factory: sessionmaker[Session], job_id: int, error: str) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy import insert
 from tqdm import tqdm
 
 from bench.qr.common import start_node
-from dicom_node.qr.handlers import set_tcp_nodelay
+from dicom_node.ae import set_tcp_nodelay
 from dicom_node.index.models import Instance, Patient, Series, SeriesState, Study
 from tests.qr.orthanc import Orthanc
 

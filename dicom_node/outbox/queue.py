@@ -39,8 +39,10 @@ def enqueue(session: Session, instance_pks: Iterable[int], destinations: Iterabl
         return 0
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Outbox).values(rows).on_conflict_do_nothing(index_elements=["instance_pk", "destination"])
-    return int(session.execute(stmt).rowcount or 0)
+    stmt = (insert(Outbox).values(rows).on_conflict_do_nothing(index_elements=["instance_pk", "destination"])
+            .returning(Outbox.id))
+    # RETURNING lists the inserted rows only; rowcount is -1 here on psycopg for multi-row VALUES.
+    return len(session.execute(stmt).all())
 
 
 @dataclass(frozen=True)

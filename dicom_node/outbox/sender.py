@@ -17,6 +17,7 @@ from pynetdicom import AE, build_context
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import PeerConfig, SRNodeConfig
+from dicom_node.ae import NODELAY
 from dicom_node.index.db import session_scope
 from dicom_node.outbox.queue import DueItem, due_destinations, due_items, mark_delivered, mark_failed_attempt
 from dicom_node.storage import resolve_in
@@ -117,7 +118,8 @@ class OutboxSender:
         ae.network_timeout = max(30.0, self.connect_timeout_s)
         ae.dimse_timeout = 120
         ae.requested_contexts = _contexts(items)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=self._tls(peer))
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=self._tls(peer),
+                             evt_handlers=NODELAY)
         if not assoc.is_established:
             self._fail_all(items, f"cannot associate with {destination} ({peer.ae_title}@{peer.host}:{peer.port})")
             return 0

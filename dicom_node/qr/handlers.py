@@ -7,7 +7,6 @@ with one log line (calling AE, level, counts, time) and never names a patient.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
+from dicom_node.ae import set_tcp_nodelay
 from dicom_node.handlers import NodeContext
 from dicom_node.qr.attributes import model_of_sop_class
 from dicom_node.qr.find import FindOutcome, find
@@ -86,21 +86,6 @@ def store_contexts(plan: RetrievePlan) -> list[PresentationContext]:
         wanted[(_modality_storage_class(v.modality), tuple(UNCOMPRESSED))] = None
     contexts = [build_context(sop, list(syntaxes)) for sop, syntaxes in wanted]
     return contexts[:MAX_CONTEXTS]
-
-
-def set_tcp_nodelay(event: evt.Event) -> None:
-    """EVT_CONN_OPEN: turn off Nagle's algorithm on the association's socket.
-
-    pynetdicom writes a PDU header and its data separately; with Nagle on, every small write
-    after a full-size one waits for the peer's delayed ACK (~40 ms), which caps C-STORE
-    sub-operations at ~10/s. DCMTK does the same when TCP_NODELAY=1 is set.
-    """
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not a TCP socket (e.g. already closed): nothing to tune
-            pass
 
 
 @contextmanager
