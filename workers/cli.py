@@ -21,6 +21,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.app import make_celery, queues_for, routed_models
     from sr_engine.device import pick_device
     from workers.device import limit_cpu_threads
+    from workers.model_cache import preload
     from workers.tasks import WorkerRuntime, register_tasks
 
     cfg = load_config(args.config)
@@ -38,6 +39,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     live_cfg = LiveConfig(cfg, factory).view()
     register_tasks(app, WorkerRuntime(cfg=live_cfg, factory=factory, device=device))
     queues = queues_for(models)
+    # Models the routing rules use now are loaded while the worker connects (configured but
+    # unrouted models load on their first job).
+    routed_now = {r.model for r in cfg.routing if r.model and not r.skip}
+    preload(live_cfg, [m for m in models if m in routed_now], device)
     concurrency = args.concurrency or cfg.worker.concurrency
     name = f"srnode-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     log.info("worker %s on %s consuming %s", name, device, ", ".join(queues))

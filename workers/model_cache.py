@@ -29,3 +29,21 @@ def clear() -> None:
     """Forget loaded models (tests)."""
     with _LOCK:
         _CACHE.clear()
+
+
+def preload(cfg: SRNodeConfig, names: list[str], device: str) -> threading.Thread:
+    """Load `names` in a background thread, so the first job after start-up does not wait for it.
+
+    A job that arrives meanwhile waits on the cache lock instead of loading a second copy; a model
+    that fails to load here is only logged (its jobs then fail with the loader's own message).
+    """
+    def run() -> None:
+        for name in names:
+            try:
+                get_model(cfg, name, device)
+            except Exception as exc:  # noqa: BLE001 - the job path reports it properly
+                log.warning("could not preload model %s on %s: %s", name, device, exc)
+
+    thread = threading.Thread(target=run, name="srnode-model-preload", daemon=True)
+    thread.start()
+    return thread

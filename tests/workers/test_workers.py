@@ -59,6 +59,14 @@ def test_model_loaded_once_per_process(cfg) -> None:  # type: ignore[no-untyped-
     assert a is b and a.scale == 2
 
 
+def test_preload_fills_the_cache_and_only_logs_a_model_that_cannot_load(cfg, caplog) -> None:  # type: ignore[no-untyped-def]
+    model_cache.clear()
+    model_cache.preload(cfg, ["no-such-model", "bicubic"], "cpu").join(30)
+    assert "could not preload model no-such-model" in caplog.text
+    assert ("bicubic", "cpu") in model_cache._CACHE  # loaded by the thread, before any job asked
+    model_cache.clear()
+
+
 def test_claim_is_exclusive_until_heartbeat_goes_stale(factory) -> None:  # type: ignore[no-untyped-def]
     job_id = make_job(factory)
     assert claim_job(factory, job_id, "task-a", heartbeat_timeout_s=1)
