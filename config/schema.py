@@ -156,6 +156,9 @@ class WorkerConfig(_Strict):
     tile_size: int = Field(0, ge=0)
     tile_overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
+    # auto: bf16 autocast on CUDA, fp32 on CPU. bf16 on a CPU with avx512_bf16/AMX is ~2x faster
+    # and moves RealESRGAN's output by a few HU (BENCHMARKS.md, "SR engine"): a site's choice.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_retries: int = Field(5, ge=0)
     # The embedded worker inside `srnode serve` (no broker server needed).
     embedded: bool = True

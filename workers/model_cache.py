@@ -20,7 +20,8 @@ def get_model(cfg: SRNodeConfig, name: str, device: str) -> registry.LoadedModel
         if key not in _CACHE:
             spec = registry.resolve(name, cfg.models)
             w = cfg.worker
-            _CACHE[key] = registry.load(spec, device, tile=w.tile_size or None, overlap=w.tile_overlap, batch=w.batch_size)
+            _CACHE[key] = registry.load(spec, device, tile=w.tile_size or None, overlap=w.tile_overlap, batch=w.batch_size,
+                                         precision=w.precision)
             log.info("loaded model %s on %s (sha256 %s)", name, device, _CACHE[key].checkpoint_sha256[:12])
         return _CACHE[key]
 

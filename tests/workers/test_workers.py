@@ -67,6 +67,20 @@ def test_preload_fills_the_cache_and_only_logs_a_model_that_cannot_load(cfg, cap
     model_cache.clear()
 
 
+@pytest.mark.parametrize("precision, runtime", [("auto", "onnxruntime"), ("bf16", "torch")])
+def test_worker_precision_reaches_the_loaded_model(tmp_path: Path, shared_dir: Path, precision: str,
+                                                  runtime: str) -> None:
+    cfg = parse_config({
+        "node": {"storage_dir": str(tmp_path / "storage"), "database_url": f"sqlite:///{tmp_path / 'i.db'}"},
+        "models": {"esrgan": {"arch": "realesrgan", "weights": str(shared_dir / "weights" / "RealESRGAN_x4plus_anime_6B.pth")}},
+        "worker": {"precision": precision},
+    }, environ={})
+    model_cache.clear()
+    up = model_cache.get_model(cfg, "esrgan", "cpu").upscaler
+    assert (up.precision, up.runtime) == ("fp32" if precision == "auto" else precision, runtime)
+    model_cache.clear()
+
+
 def test_claim_is_exclusive_until_heartbeat_goes_stale(factory) -> None:  # type: ignore[no-untyped-def]
     job_id = make_job(factory)
     assert claim_job(factory, job_id, "task-a", heartbeat_timeout_s=1)
