@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -213,32 +214,30 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
                disable=None)  # no bar when stderr is not a terminal (services, tests)
     # One writer thread: chunk k is derived, written and committed while chunk k+1 is inferred.
     # "write" counts only the time the loop waits for it, i.e. what it adds to the job's wall time.
+    cancelled = False
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"srnode-write-{job_id}") as pool:
         pending: Future[JobState] | None = None
-        for chunk in _chunks(todo, files, cfg.worker.batch_size):
-            with timings.measure("read"):
-                datasets = [dcmread(files[i]) for i in chunk]
-                values = np.stack([modality_values(ds) for ds in datasets]).astype(np.float32)
-            with timings.measure("infer"):
-                upscaled = model.upscale(values, mapping)
+        # The trailing None waits for the last chunk's write.
+        for chunk in chain(_chunks(todo, files, cfg.worker.batch_size), [None]):
+            if chunk is not None:
+                with timings.measure("read"):
+                    datasets = [dcmread(files[i]) for i in chunk]
+                    values = np.stack([modality_values(ds) for ds in datasets]).astype(np.float32)
+                with timings.measure("infer"):
+                    upscaled = model.upscale(values, mapping)
             if pending is not None:
                 with timings.measure("write"):
-                    state = pending.result()
-                if state == JobState.cancelled:
-                    bar.close()
-                    log.info("job #%d cancelled at %d of %d slices", job_id, done, total)
-                    return "cancelled"
-            done += len(chunk)
-            pending = pool.submit(writer.write, datasets, upscaled, done)
-            bar.update(len(chunk))
-        if pending is not None:
-            with timings.measure("write"):
-                state = pending.result()
-            if state == JobState.cancelled:
-                bar.close()
-                log.info("job #%d cancelled at %d of %d slices", job_id, done, total)
-                return "cancelled"
+                    cancelled = pending.result() == JobState.cancelled
+                if cancelled:
+                    break
+            if chunk is not None:
+                done += len(chunk)
+                pending = pool.submit(writer.write, datasets, upscaled, done)
+                bar.update(len(chunk))
     bar.close()
+    if cancelled:
+        log.info("job #%d cancelled after %d of %d slices", job_id, done, total)
+        return "cancelled"
     timings.stages["write_busy"] = writer.busy_s
     if enhanced:
         with timings.measure("write"):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import torch
+from sqlalchemy import select
 
 from config.loader import parse_config
 from dicom_node.index.db import make_engine, session_factory
@@ -162,3 +163,39 @@ def test_job_identity_uses_the_weights_sha256(tmp_path: Path, shared_dir: Path) 
     weights = shared_dir / "weights" / "RealESRGAN_x4plus_anime_6B.pth"
     cfg = parse_config({"models": {"esrgan": {"arch": "realesrgan", "weights": str(weights), "scale": 4}}}, environ={})
     assert checkpoint_digest(cfg, "esrgan") == (hashlib.sha256(weights.read_bytes()).hexdigest(), 4)
+
+
+def test_cancel_while_running_stops_after_the_chunk_being_written(tmp_path: Path, stored) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import event, update
+
+    factory, series_pk, files = stored
+    cfg = make_cfg(tmp_path, [{"match": {"modality": "CT"}, "model": "bicubic", "destinations": ["PACS"]}],
+                   worker={"batch_size": 1})
+    (job_id,) = route_series(cfg, factory, series_pk)
+    engine = factory.kw["bind"]
+    cancelled_at: list[int] = []
+
+    def cancel_after_first_slice(session) -> None:  # type: ignore[no-untyped-def]
+        # An admin cancels right after the first chunk is committed (as POST /api/jobs/N/cancel does).
+        if cancelled_at:
+            return
+        with engine.begin() as conn:
+            done = conn.execute(select(Job.progress_done).where(Job.id == job_id)).scalar_one()
+            if done >= 1:
+                conn.execute(update(Job).where(Job.id == job_id).values(state=JobState.cancelled))
+                cancelled_at.append(done)
+
+    event.listen(factory, "after_commit", cancel_after_first_slice)
+    try:
+        model_cache.clear()
+        assert run_job(cfg, factory, job_id, "cpu", "t1") == "cancelled"
+    finally:
+        event.remove(factory, "after_commit", cancel_after_first_slice)
+    assert cancelled_at == [1]
+    with factory() as s:
+        job = s.get(Job, job_id)
+        # The chunk in the writer when the cancel landed is kept whole; nothing after it.
+        assert job.state is JobState.cancelled and job.progress_done == 2
+        derived = s.query(Series).filter(Series.series_uid == job.derived_series_uid).one()
+        assert s.query(Instance).filter(Instance.series_pk == derived.id).count() == 2
+        assert s.query(Outbox).count() == 2
