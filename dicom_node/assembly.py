@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.index.models import Instance, Series, SeriesState
+from dicom_node.polling import PollingThread
 from dicom_node.storage import resolve_in
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,7 @@ class Assembler:
         self.hooks = list(hooks)
         self.storage_dir = storage_dir
         self._handed: set[int] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PollingThread("srnode-assembly", self.run_once, check_interval_s, "series assembly pass", log)
 
     def run_once(self) -> list[int]:
         """One pass; returns the series keys handed over in it."""
@@ -203,22 +202,10 @@ class Assembler:
                 handed.append(pk)
         return handed
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - e.g. database briefly unavailable
-                log.exception("series assembly pass failed; retrying")
-            self._stop.wait(self.check_interval_s)
-
     def start(self) -> None:
         """Start the background thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="srnode-assembly", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
         """Stop the background thread (waits for the current pass)."""
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
+        self._poller.stop()

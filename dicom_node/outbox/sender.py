@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from config.schema import PeerConfig, SRNodeConfig
 from dicom_node.ae import NODELAY
 from dicom_node.index.db import session_scope
 from dicom_node.outbox.queue import DueItem, due_destinations, due_items, mark_delivered, mark_failed_attempt
+from dicom_node.polling import PollingThread
 from dicom_node.storage import resolve_in
 
 log = logging.getLogger(__name__)
@@ -60,37 +60,21 @@ class OutboxSender:
         self._busy: dict[str, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(cfg.peers) or 1)),
                                         thread_name_prefix="srnode-send")
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PollingThread("srnode-outbox", self.run_once, poll_s, "outbox pass", log)
 
     # -- service -----------------------------------------------------------------------------
     def start(self) -> None:
         """Start the polling thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="srnode-outbox", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
         """Stop polling and wait for the destinations being drained."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=30)
+        self._poller.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def wake(self) -> None:
         """Look at the outbox now instead of at the next poll."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:  # noqa: BLE001 - e.g. database briefly locked; next poll retries
-                log.warning("outbox pass failed (%s: %s); retrying", type(exc).__name__, exc)
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
+        self._poller.wake()
 
     def run_once(self) -> None:
         """Start draining every destination that has due rows and is not already being drained."""
@@ -126,7 +110,7 @@ class OutboxSender:
         delivered = 0
         try:
             for item in items:
-                if self._stop.is_set() or not assoc.is_established:
+                if self._poller.stopping or not assoc.is_established:
                     break
                 delivered += self._send_one(assoc, item)
         finally:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.schema import SRNodeConfig
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import Job, JobState
+from dicom_node.polling import PollingThread
 
 log = logging.getLogger(__name__)
 
@@ -33,42 +34,23 @@ class Dispatcher:
         self.poll_s = poll_s
         self.app = make_celery(cfg)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PollingThread("srnode-dispatch", self._pass, poll_s, "job dispatch", log)
 
     def start(self) -> None:
         """Start the dispatch loop."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="srnode-dispatch", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
         """Stop the loop."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=30)
+        self._poller.stop()
 
     def wake(self) -> None:
         """Dispatch now instead of at the next poll."""
-        self._wake.set()
+        self._poller.wake()
 
-    def _loop(self) -> None:
-        failing = False
-        while not self._stop.is_set():
-            try:
-                self.requeue_stale()
-                self.dispatch_pending()
-                if failing:
-                    log.info("dispatch works again")
-                failing = False
-            except Exception as exc:  # noqa: BLE001 - broker or database away; the next poll retries
-                if not failing:  # one line per outage, not one per poll
-                    log.warning("cannot dispatch jobs (%s: %s); retrying every %.0f s", type(exc).__name__, exc, self.poll_s)
-                failing = True
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
+    def _pass(self) -> None:
+        self.requeue_stale()
+        self.dispatch_pending()
 
     def reset_all_active(self) -> int:
         """Every queued/running job back to queued without a task (its worker died with the node)."""
