@@ -10,7 +10,7 @@ import yaml
 
 from dicom_node.derive.uids import derived_series_uid
 from sr_engine.registry import builtin_digest
-from tests.pipeline.conftest import Orthanc
+from tests.orthanc import Orthanc
 from tests.pipeline.dicom_checks import new_errors
 
 

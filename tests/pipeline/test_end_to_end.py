@@ -13,7 +13,8 @@ from config.loader import parse_config
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.models import Job, JobState
 from dicom_node.server import NodeServer
-from tests.pipeline.conftest import Orthanc, node_config
+from tests.orthanc import Orthanc
+from tests.pipeline.conftest import node_config
 from tests.pipeline.helpers import check_derived_in_orthanc, expected_derived_uid, forward, wait_for_series, write_config
 
 pytestmark = pytest.mark.integration

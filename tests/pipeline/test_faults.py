@@ -16,7 +16,8 @@ from dicom_node.index.models import Job, JobState, Outbox, OutboxState
 from dicom_node.server import NodeServer
 from sr_engine.registry import builtin_digest
 from tests.conftest import free_port
-from tests.pipeline.conftest import Orthanc, node_config
+from tests.orthanc import Orthanc
+from tests.pipeline.conftest import node_config
 from tests.pipeline.helpers import expected_derived_uid, forward, orthanc_instances, wait_for_series, write_config
 from tests.pipeline.test_end_to_end import redis_url, start_worker  # noqa: F401 - fixture
 

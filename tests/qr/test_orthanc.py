@@ -6,9 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import free_port
 from tests.qr.conftest import NODE_AE, RunningNode
-from tests.qr.orthanc import Orthanc
+from tests.orthanc import Orthanc
 
 pytestmark = pytest.mark.integration
 LUNG = "lung-pet-ct-dx_Lung_Dx-A0002_chest"
@@ -17,8 +16,8 @@ CPTAC = "cptac-lscc_C3N-00247_chest"
 
 @pytest.fixture(scope="module")
 def orthanc(node: RunningNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"), node.orthanc_dicom_port, free_port(),
-                     {"srnode": [NODE_AE, "127.0.0.1", node.port]})
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"), {"srnode": [NODE_AE, "127.0.0.1", node.port]},
+                     dicom_port=node.orthanc_dicom_port)
     yield server
     server.stop()
 
