@@ -24,10 +24,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pydicom import dcmread
