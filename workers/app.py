@@ -31,10 +31,14 @@ def queues_for(models: list[str]) -> list[str]:
     return [queue_name(m, p) for p in PRIORITIES for m in models]
 
 
+def rule_models(cfg: SRNodeConfig) -> list[str]:
+    """Models that routing rules send work to, in rule order (each once)."""
+    return list(dict.fromkeys(r.model for r in cfg.routing if r.model and not r.skip))
+
+
 def routed_models(cfg: SRNodeConfig) -> list[str]:
     """Models that routing rules can send work to (plus configured ones), in config order."""
-    names = [r.model for r in cfg.routing if r.model and not r.skip] + list(cfg.models)
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(rule_models(cfg) + list(cfg.models)))
 
 
 def make_celery(cfg: SRNodeConfig, models: list[str] | None = None) -> Celery:

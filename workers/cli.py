@@ -18,7 +18,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from config.live import LiveConfig
     from dicom_node.index.db import make_engine, session_factory
     from dicom_node.index.migrate import upgrade
-    from workers.app import make_celery, queues_for, routed_models
+    from workers.app import make_celery, queues_for, routed_models, rule_models
     from sr_engine.device import pick_device
     from workers.device import limit_cpu_threads
     from workers.model_cache import preload
@@ -41,7 +41,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queues = queues_for(models)
     # Models the routing rules use now are loaded while the worker connects (configured but
     # unrouted models load on their first job).
-    routed_now = {r.model for r in cfg.routing if r.model and not r.skip}
+    routed_now = set(rule_models(cfg))
     preload(live_cfg, [m for m in models if m in routed_now], device)
     concurrency = args.concurrency or cfg.worker.concurrency
     name = f"srnode-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"

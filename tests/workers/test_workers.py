@@ -109,26 +109,33 @@ def test_dispatcher_requeues_stale_running_job(cfg, factory) -> None:  # type: i
     assert dispatcher.dispatch_pending() == 0  # sent once
 
 
-def test_embedded_transport_takes_stat_before_routine(cfg) -> None:  # type: ignore[no-untyped-def]
-    app = make_celery(cfg)
+def _order_taken(app, conn, queues) -> list[int]:  # type: ignore[no-untyped-def]
+    """Send routine jobs 1, 2, then stat jobs 98, 99; return the order a prefetch-1 consumer takes them."""
     for job_id in (1, 2):
         app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "routine"))
     for job_id in (98, 99):
         app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "stat"))
     got: list[int] = []
+
+    def on_message(body, message):  # type: ignore[no-untyped-def]
+        got.append(message.payload[0][0] if isinstance(message.payload, list) else body[0][0])
+        message.ack()
+
+    with Consumer(conn, queues=queues, callbacks=[on_message], accept=["json"], prefetch_count=1):
+        deadline = time.monotonic() + 10
+        while len(got) < 4 and time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=1)
+            except TimeoutError:
+                pass
+    return got
+
+
+def test_embedded_transport_takes_stat_before_routine(cfg) -> None:  # type: ignore[no-untyped-def]
+    app = make_celery(cfg)
     queues = [q for q in app.conf.task_queues]  # routine and stat, in any order
     with Connection(app.conf.broker_url, transport=app.conf.broker_transport) as conn:
-        def on_message(body, message):  # type: ignore[no-untyped-def]
-            got.append(message.payload[0][0] if isinstance(message.payload, list) else body[0][0])
-            message.ack()
-
-        with Consumer(conn, queues=list(reversed(queues)), callbacks=[on_message], accept=["json"], prefetch_count=1):
-            deadline = time.monotonic() + 10
-            while len(got) < 4 and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=1)
-                except TimeoutError:
-                    pass
+        got = _order_taken(app, conn, list(reversed(queues)))
     assert got == [98, 99, 1, 2]  # strict: round robin would give 98, 1, 99, 2
 
 
@@ -150,24 +157,9 @@ def test_redis_broker_takes_stat_before_routine(tmp_path: Path) -> None:
     }, environ={})
     try:
         app = make_celery(cfg)
-        for job_id in (1, 2):
-            app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "routine"))
-        for job_id in (98, 99):
-            app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "stat"))
-        got: list[int] = []
         with app.connection_for_read() as conn:
-            def on_message(body, message):  # type: ignore[no-untyped-def]
-                got.append(body[0][0])
-                message.ack()
-
-            queues = list(app.conf.task_queues)  # the order `srnode worker -Q` uses: stat first
-            with Consumer(conn, queues=queues, callbacks=[on_message], accept=["json"], prefetch_count=1):
-                deadline = time.monotonic() + 10
-                while len(got) < 4 and time.monotonic() < deadline:
-                    try:
-                        conn.drain_events(timeout=1)
-                    except TimeoutError:
-                        pass
+            # The order `srnode worker -Q` uses: stat first.
+            got = _order_taken(app, conn, list(app.conf.task_queues))
         # Strict order, not round robin (which would give 98, 1, 99, 2).
         assert got == [98, 99, 1, 2]
     finally:
