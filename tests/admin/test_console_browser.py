@@ -18,17 +18,15 @@ from dicom_node.admin.service import AdminService
 from dicom_node.index.models import Job, JobState
 from dicom_node.server import NodeServer
 from tests.admin.conftest import ADMIN, READ, auth
+from tests.browser import launch_chromium, screenshot_dir
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture()
 def shots(repo_root: Path) -> Path:
-    out = repo_root / "test-artifacts" / "admin"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return screenshot_dir(repo_root, "admin")
 
 
 @pytest.fixture()
@@ -79,7 +77,7 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
     files = sorted(chest.glob("*.dcm"))[12:15]
 
     with sync_playwright() as p, httpx.Client(base_url=base, headers=auth(READ), timeout=30) as http:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         js_errors: list[str] = []
         page.on("pageerror", lambda exc: js_errors.append(str(exc)))

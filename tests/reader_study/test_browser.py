@@ -20,17 +20,15 @@ from config.live import LiveConfig
 from dicom_node.admin import create_app
 from dicom_node.admin.service import AdminService
 from dicom_node.index.models import ReaderStudyAnswer, ReaderStudyCandidate, ReaderStudyCase
+from tests.browser import launch_chromium, screenshot_dir
 from tests.reader_study.conftest import ADMIN, MODELS, READERS, fp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture()
 def shots(repo_root: Path) -> Path:
-    out = repo_root / "test-artifacts" / "reader_study"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return screenshot_dir(repo_root, "reader_study")
 
 
 @pytest.fixture()
@@ -74,7 +72,7 @@ def test_study_two_readers_rank_every_case_results_match(
 
     rng = np.random.default_rng(20261130)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(p)
         js_errors: list[str] = []
 
         # --- the admin defines the study in the console ------------------------------------------
@@ -224,7 +222,7 @@ def test_pairwise_reading_with_keyboard(base_url: str, stored_slices: list[str],
         sid = http.post("/api/reader-studies", json=body).json()["id"]
         wait_open(http.get, sid)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(p)
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
