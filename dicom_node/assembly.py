@@ -175,7 +175,6 @@ class Assembler:
                  hooks: Iterable[StableHook] = (), storage_dir: Path | None = None) -> None:
         self.factory = factory
         self.stable_after_s = stable_after_s
-        self.check_interval_s = check_interval_s
         self.hooks = list(hooks)
         self.storage_dir = storage_dir
         self._handed: set[int] = set()

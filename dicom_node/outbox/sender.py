@@ -54,7 +54,6 @@ class OutboxSender:
         self.cfg = cfg
         self.factory = factory
         self.storage_dir = Path(storage_dir)
-        self.poll_s = poll_s
         self.batch = batch
         self.connect_timeout_s = connect_timeout_s
         self._busy: dict[str, Future] = {}

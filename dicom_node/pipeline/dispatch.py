@@ -31,7 +31,6 @@ class Dispatcher:
 
         self.cfg = cfg
         self.factory = factory
-        self.poll_s = poll_s
         self.app = make_celery(cfg)
         self._lock = threading.Lock()
         self._poller = PollingThread("srnode-dispatch", self._pass, poll_s, "job dispatch", log)
