@@ -53,6 +53,8 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
+# C-FIND lets the DUL read incoming PDUs (a C-CANCEL) at least every this many responses.
+CANCEL_CHECK_EVERY = 16
 PENDING_INTERVAL_S = 0.1  # PS3.8: presentation context IDs are odd numbers 1..255
 
 
@@ -86,6 +88,19 @@ def store_contexts(plan: RetrievePlan) -> list[PresentationContext]:
         wanted[(_modality_storage_class(v.modality), tuple(UNCOMPRESSED))] = None
     contexts = [build_context(sop, list(syntaxes)) for sop, syntaxes in wanted]
     return contexts[:MAX_CONTEXTS]
+
+
+def let_dul_listen(assoc: Any, timeout_s: float = 10.0) -> None:
+    """Wait until pynetdicom's DUL has sent every queued PDU, so that it reads the socket again.
+
+    The DUL reads incoming PDUs only when it has nothing left to send. A C-FIND handler that
+    queues responses faster than they go out would therefore never see the requester's C-CANCEL
+    (measured: all 1000 of 1000 matches sent, 1 run in 3). Draining now and then bounds that.
+    """
+    pending = assoc.dul.to_provider_queue
+    deadline = time.monotonic() + timeout_s
+    while pending.qsize() and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 @contextmanager
@@ -160,6 +175,8 @@ class QRService:
             with self.sessions() as session:
                 for ds in find(session, query, limit=limit, retrieve_ae=self.cfg.node.ae_title,
                                provider=self.on_demand, outcome=outcome):
+                    if sent and sent % CANCEL_CHECK_EVERY == 0:
+                        let_dul_listen(event.assoc)
                     if event.is_cancelled:
                         ending = "cancelled"
                         yield CANCEL, None
