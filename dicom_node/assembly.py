@@ -183,6 +183,9 @@ class Assembler:
     def run_once(self) -> list[int]:
         """One pass; returns the series keys handed over in it."""
         mark_stable(self.factory, self.stable_after_s, self.storage_dir)
+        hooks = [*self.hooks, *_STABLE_HOOKS]
+        if not hooks:
+            return []  # nobody to hand to yet: a series counts as handed only once a hook has run
         current = stable_unrouted(self.factory)
         self._handed &= set(current)  # a series that left `stable` may come back later
         handed: list[int] = []
@@ -190,7 +193,7 @@ class Assembler:
             if pk in self._handed:
                 continue
             ok = True
-            for hook in [*self.hooks, *_STABLE_HOOKS]:
+            for hook in hooks:
                 try:
                     hook(pk)
                 except Exception:  # noqa: BLE001 - retried next pass

@@ -10,7 +10,8 @@ Composable: tests, the pipeline and the demo run it in-process:
 Services started with the node (embedded worker, outbox sender, admin API, ...) are objects with
 start()/stop(); pass them as `services=[...]`, or list a module in SERVICE_MODULES that defines
 `make_service(node: NodeServer) -> Service | None` (one line, like cli.COMMAND_MODULES). They are
-started after the listener and stopped before the index is closed, in reverse order.
+started after the listener and before series assembly (they install its stable hooks), and stopped
+after assembly, before the index is closed, in reverse order.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class NodeServer:
         self._in_flight: list[Any] = []
 
     def start(self) -> None:
-        """Migrate the index, import the services, start listening, then assembly and services."""
+        """Migrate the index, import the services, start listening, then services and assembly."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if not self.listener_only:
             upgrade(self.cfg.node.database_url, self.engine)
@@ -108,7 +109,6 @@ class NodeServer:
         log.info("%s listening on %s:%d%s%s", self.cfg.node.ae_title, self.cfg.node.host, self.port,
                  " (TLS)" if self.cfg.node.tls else "",
                  f" in {self.cfg.node.processes} processes" if self.cfg.node.processes > 1 else "")
-        self.assembler.start()
         for module in service_modules:
             service = module.make_service(self)
             if service is not None:
@@ -116,6 +116,9 @@ class NodeServer:
         for service in self.services:
             service.start()
             self._started.append(service)
+        # Last: services install the stable hooks (routing). Assembly started before them would hand
+        # the series that became stable while the node was down to no hook at all.
+        self.assembler.start()
 
     def active_associations(self) -> int:
         """Associations currently open on the listener."""
@@ -152,13 +155,13 @@ class NodeServer:
                 for assoc in left:
                     assoc.abort()
         stop_listeners(children, grace)
+        self.assembler.stop()  # no hand-off into services that are stopping
         for service in reversed(self._started):
             try:
                 service.stop()
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("stopping %r failed", service)
         self._started.clear()
-        self.assembler.stop()
         close_committer(self.session_factory)
         self.engine.dispose()
         self._stopped.set()

@@ -6,14 +6,35 @@ import logging
 import os
 import socket
 import sys
+import threading
 
 from config.loader import load_config
 
 log = logging.getLogger(__name__)
 
 
+def exit_when_parent_closes(fd: int) -> threading.Thread:
+    """Exit this process at once when the pipe `fd` reaches EOF, i.e. when the node that holds its
+    write end has died (any way, kill -9 included). The node's job recovery requeues the job."""
+    def watch() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        log.warning("the node that started this worker is gone; exiting")
+        logging.shutdown()
+        os._exit(3)
+
+    thread = threading.Thread(target=watch, name="srnode-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker in the foreground: one model cache, one device, prefetch 1."""
+    if args.parent_pipe is not None:
+        exit_when_parent_closes(args.parent_pipe)
     # Imported here, not at module level: registering the CLI must not import torch/Celery.
     from config.live import LiveConfig
     from dicom_node.index.db import make_engine, session_factory
@@ -70,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=None, help="tasks at once in this process")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores − 1)")
     p.add_argument("--quiet", action="store_true", help="no banner, warnings only (the node's embedded worker)")
+    p.add_argument("--parent-pipe", type=int, default=None, help=argparse.SUPPRESS)  # the node's embedded worker
     p.add_argument("--metrics-port", type=int, default=None, help="serve this worker's Prometheus /metrics here")
     p.set_defaults(func=cmd_worker)
 

@@ -1,7 +1,6 @@
 """`srnode worker` as a child process of the node (the embedded default: no broker server)."""
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -16,14 +15,6 @@ from config.schema import SRNodeConfig
 log = logging.getLogger(__name__)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # Linux: the worker gets SIGTERM when the node process dies, so it never outlives it.
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class EmbeddedWorker:
     """`srnode worker` as a child process of the node, with the node's configuration."""
 
@@ -33,6 +24,13 @@ class EmbeddedWorker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_file = Path(cfg.node.storage_dir).resolve().parent / "srnode-embedded-worker.json"
         self._stopping = False
+        # Write end of the child's lifeline pipe. Only this process holds it, so the child reads EOF
+        # the moment the node dies, however it dies (kill -9 included) and exits at once instead of
+        # finishing its job as an orphan (a supervisor's restart would otherwise run two workers).
+        # A pipe rather than PR_SET_PDEATHSIG: that fires when the *thread* that spawned the child
+        # exits (the watch thread restarts workers), and Celery turns its SIGTERM into a warm
+        # shutdown that waits for the whole job.
+        self._lifeline: int | None = None
 
     def start(self) -> None:
         """Write the resolved config where the child can read it and start the child."""
@@ -43,8 +41,15 @@ class EmbeddedWorker:
 
     def _spawn(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(self.config_file), "--quiet"],
-                                     env=env, preexec_fn=_die_with_parent)
+        self._close_lifeline()
+        read_end, self._lifeline = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.cli", "--config", str(self.config_file), "--quiet",
+                 "--parent-pipe", str(read_end)],
+                env=env, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
         log.info("embedded worker started (pid %d)", self.proc.pid)
 
     def check(self) -> None:
@@ -60,6 +65,7 @@ class EmbeddedWorker:
         """Warm shutdown (SIGTERM), then SIGKILL if the current slice takes too long."""
         self._stopping = True
         if self.proc is None or self.proc.poll() is not None:
+            self._close_lifeline()
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -67,3 +73,9 @@ class EmbeddedWorker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        self._close_lifeline()
+
+    def _close_lifeline(self) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None

@@ -125,3 +125,22 @@ def test_derived_series_never_handed_over(tmp_path: Path, sqlite_url: str, start
         series = s.get(Series, result.series_pk)
         assert series.state == SeriesState.stable and series.derived_from_job == 7
     assert handed == []
+
+
+def test_series_stable_before_any_hook_is_handed_once_one_is_installed(
+        tmp_path: Path, sqlite_url: str, start_node, ct_dirs) -> None:  # type: ignore[no-untyped-def]
+    # A node killed after a series went stable restarts with the series stable and unrouted; its
+    # first assembly pass may run before the pipeline has installed the routing hook.
+    node = start_node(node_config(tmp_path, sqlite_url))
+    node.assembler.stop()
+    chest = next(d for d in ct_dirs if d.name.startswith("lung-pet-ct"))
+    assert storescu(node.port, sorted(chest.glob("*.dcm"))[:3]).returncode == 0
+    assembler = Assembler(node.session_factory, 0, storage_dir=node.storage_dir)
+    assert assembler.run_once() == []
+    uid = str(dcmread(next(chest.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
+    series = _series_by_uid(node, uid)
+    assert series.state == SeriesState.stable
+    handed: list[int] = []
+    assembler.hooks.append(handed.append)
+    assert assembler.run_once() == [series.id]
+    assert handed == [series.id]
