@@ -62,6 +62,9 @@ def _modality_lut(ds: Dataset) -> tuple[np.ndarray, int] | None:
 
 def modality_values(ds: Dataset) -> np.ndarray:
     """Modality values (HU for CT) as float32: [H, W], or [F, H, W] for multi-frame."""
+    if not any(ds.get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        # pydicom would fail with "object of type 'NoneType' has no len()"; say what is wrong.
+        raise ValueError("the instance has no pixel data (PixelData absent or empty)")
     stored = ds.pixel_array
     lut = _modality_lut(ds)
     if lut is not None:

@@ -3,14 +3,19 @@
 Idempotent and resumable: derived UIDs are deterministic, so a slice whose derived instance is
 already indexed is skipped, and rewriting one replaces the same file and row. A job is claimed
 atomically; a second delivery of the same job finds it running with a fresh heartbeat and leaves.
+
+Robust per slice: a slice that cannot be read, decoded, upscaled or derived is recorded (one log
+line, its SOP Instance UID and the reason in job.error) and the others go on; the job ends
+`done_with_errors` (or `failed` when no slice could be derived). See docs/pipeline.md.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,13 +27,14 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from config.schema import SRNodeConfig
 from dicom_node.derive.writer import Derivation, derive_classic, derive_enhanced, encode
 from dicom_node.index.db import session_scope
-from dicom_node.index.models import Instance, Job, JobState, Outbox, OutboxState, Series
+from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Outbox, OutboxState, Series
 from dicom_node.ingest import StoreResult, store_datasets
 from dicom_node.outbox.queue import enqueue
 from dicom_node.storage import resolve_in
@@ -40,6 +46,56 @@ log = logging.getLogger(__name__)
 
 class PermanentJobError(Exception):
     """Retrying cannot help (bad source data, model mismatch): the job fails with this message."""
+
+
+class TransientSliceError(Exception):
+    """Some slices failed with errors another attempt may not hit; the job is retried for them."""
+
+
+# Errors another attempt may not hit: the database was busy, a file system hiccup, the GPU ran out
+# of memory for a moment. Per slice they make the job retry (only the slices not yet derived).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    TransientSliceError, OperationalError, OSError, TimeoutError, RuntimeError)
+
+# Quoted text in a message about a slice's data may be a dataset value (a name, an ID).
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def error_reason(exc: BaseException, mask_values: bool = False) -> str:
+    """`Type: message` for logs and job.error; `mask_values` hides quoted text (slice data errors)."""
+    message = _QUOTED.sub("<…>", str(exc)) if mask_values else str(exc)
+    return f"{type(exc).__name__}: {message}"[:1000]
+
+
+class SliceErrors:
+    """The slices of one run that could not be read, decoded, upscaled or derived (thread-safe:
+    the reader and the writer thread both record)."""
+
+    MAX_LISTED = 20  # job.error stays readable for a series where every slice fails
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self._lock = threading.Lock()
+        self._failed: dict[str, tuple[str, bool]] = {}  # SOP Instance UID -> (reason, transient)
+
+    def record(self, sop_uid: str, exc: Exception) -> None:
+        reason = error_reason(exc, mask_values=True)[:300]
+        log.warning("job #%d: slice %s not derived: %s", self.job_id, sop_uid, reason)
+        with self._lock:
+            self._failed[sop_uid] = (reason, isinstance(exc, TRANSIENT_ERRORS))
+
+    def __len__(self) -> int:
+        return len(self._failed)
+
+    @property
+    def transient(self) -> bool:
+        return any(t for _, t in self._failed.values())
+
+    def summary(self, total: int) -> str:
+        items = [f"{uid}: {reason}" for uid, (reason, _) in list(self._failed.items())[: self.MAX_LISTED]]
+        more = len(self._failed) - len(items)
+        return (f"{len(self._failed)} of {total} slice(s) not derived: " + "; ".join(items)
+                + (f"; and {more} more" if more > 0 else ""))
 
 
 def utcnow() -> datetime:
@@ -118,13 +174,27 @@ def _already_derived(session: Session, storage_dir: Path, sop_uid: str) -> bool:
 
 
 def _mapping(model, modality: str, files: list[Path]):  # type: ignore[no-untyped-def]
-    """The series' intensity mapping; a percentile mapping is computed from up to 8 spread slices."""
+    """The series' intensity mapping; a percentile mapping is computed from up to 8 spread slices.
+
+    A sample slice that cannot be read is left out here (the slice loop records it); only when
+    none can be read does the last error end the job.
+    """
     try:
         return model.mapping(modality, None)
     except ValueError:
         pick = np.unique(np.linspace(0, len(files) - 1, num=min(8, len(files))).round().astype(int))
-        sample = np.stack([modality_values(dcmread(files[i])).ravel() for i in pick])
-        return model.mapping(modality, sample)
+        sample: list[np.ndarray] = []
+        last: Exception | None = None
+        for i in pick:
+            try:
+                sample.append(modality_values(dcmread(files[i])).ravel())
+            except Exception as exc:  # noqa: BLE001 - a bad slice must not decide the series' mapping
+                last = exc
+        if not sample:
+            assert last is not None
+            raise last
+        # Concatenated, not stacked: a slice of another size must not break the sample.
+        return model.mapping(modality, np.concatenate(sample))
 
 
 def _set_progress(factory: sessionmaker[Session], job_id: int, done: int) -> JobState:
@@ -137,7 +207,11 @@ def _set_progress(factory: sessionmaker[Session], job_id: int, done: int) -> Job
 
 
 def run_job(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, device: str, task_id: str) -> str:
-    """Process job `job_id` if it can be claimed; returns "done", "skipped" or "cancelled"."""
+    """Process job `job_id` if it can be claimed; returns the job's final state ("done",
+    "done_with_errors", "failed", "cancelled") or "skipped".
+
+    Raises TransientSliceError when slices failed with transient errors and attempts are left
+    (the caller retries the job: only the slices not yet derived are done again)."""
     if not claim_job(factory, job_id, task_id, cfg.worker.heartbeat_timeout_s):
         log.info("job #%d is not claimable (done, cancelled, or running elsewhere); skipping", job_id)
         return "skipped"
@@ -159,9 +233,11 @@ class JobContext:
     scale: int
     modality: str
     source_series_uid: str
+    attempts: int
+    last_attempt: bool  # no retry follows this attempt: transient slice errors are final too
 
 
-def _load_context(factory: sessionmaker[Session], job_id: int) -> JobContext:
+def _load_context(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int) -> JobContext:
     with factory() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -169,7 +245,8 @@ def _load_context(factory: sessionmaker[Session], job_id: int) -> JobContext:
         assert series is not None
         queued_s = ((job.started_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
         return JobContext(job_id, series.id, _sources(session, series.id), [d for d in job.destinations.split(",") if d],
-                          queued_s, job.model, job.checkpoint_sha256, job.scale, series.modality, series.series_uid)
+                          queued_s, job.model, job.checkpoint_sha256, job.scale, series.modality, series.series_uid,
+                          job.attempts, job.out_of_attempts(cfg.worker.max_retries))
 
 
 def _checked_model(cfg: SRNodeConfig, ctx: JobContext, device: str):  # type: ignore[no-untyped-def]
@@ -191,7 +268,7 @@ def _checked_model(cfg: SRNodeConfig, ctx: JobContext, device: str):  # type: ig
 def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, device: str) -> str:
     storage_dir = Path(cfg.node.storage_dir)
     timings = Timings()
-    ctx = _load_context(factory, job_id)
+    ctx = _load_context(cfg, factory, job_id)
     with timings.measure("load_model"):
         model = _checked_model(cfg, ctx, device)
     derivation = Derivation.from_config(cfg, ctx.model, ctx.checkpoint_sha256, ctx.scale)
@@ -208,9 +285,13 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
         job.progress_total, job.progress_done = total, total - len(todo)
         job.derived_series_uid = derivation.series_uid(ctx.source_series_uid)
     mapping = _mapping(model, ctx.modality, files)
-    writer = _ChunkWriter(cfg, factory, ctx, derivation, enhanced)
-    done = total - len(todo)
-    bar = tqdm(total=total, initial=done, desc=f"job #{job_id} {ctx.model}", unit="slice", leave=False,
+    errors = SliceErrors(job_id)
+
+    def fail(i: int, exc: Exception) -> None:
+        errors.record(ctx.sources[i].sop_instance_uid, exc)
+
+    writer = _ChunkWriter(cfg, factory, ctx, derivation, enhanced, derived=total - len(todo), fail=fail)
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"job #{job_id} {ctx.model}", unit="slice", leave=False,
                disable=None)  # no bar when stderr is not a terminal (services, tests)
     # One writer thread: chunk k is derived, written and committed while chunk k+1 is inferred.
     # "write" counts only the time the loop waits for it, i.e. what it adds to the job's wall time.
@@ -218,51 +299,91 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"srnode-write-{job_id}") as pool:
         pending: Future[JobState] | None = None
         # The trailing None waits for the last chunk's write.
-        for chunk in chain(_chunks(todo, files, cfg.worker.batch_size), [None]):
+        for chunk in chain(_chunks(todo, files, cfg.worker.batch_size, fail), [None]):
+            batch: list[tuple[int, Dataset, np.ndarray]] = []
             if chunk is not None:
                 with timings.measure("read"):
-                    datasets = [dcmread(files[i]) for i in chunk]
-                    values = np.stack([modality_values(ds) for ds in datasets]).astype(np.float32)
+                    read = _read_chunk(chunk, files, fail)
                 with timings.measure("infer"):
-                    upscaled = model.upscale(values, mapping)
+                    batch = _upscale_isolating(model, mapping, read, fail)
             if pending is not None:
                 with timings.measure("write"):
                     cancelled = pending.result() == JobState.cancelled
+                pending = None
                 if cancelled:
                     break
+            if batch:
+                pending = pool.submit(writer.write, batch)
             if chunk is not None:
-                done += len(chunk)
-                pending = pool.submit(writer.write, datasets, upscaled, done)
                 bar.update(len(chunk))
     bar.close()
     if cancelled:
-        log.info("job #%d cancelled after %d of %d slices", job_id, done, total)
+        log.info("job #%d cancelled after %d of %d slices", job_id, writer.derived, total)
         return "cancelled"
     timings.stages["write_busy"] = writer.busy_s
-    if enhanced:
+    if enhanced and writer.classic:
         with timings.measure("write"):
             obj = derive_enhanced(writer.classic, ctx.source_series_uid, derivation)
-            writer.store([obj], len(ctx.sources))
-    return _finish(factory, ctx, timings)
+            writer.store([obj])
+    return _finish(factory, ctx, timings, errors, writer.derived)
 
 
-def _finish(factory: sessionmaker[Session], ctx: JobContext, timings: Timings) -> str:
+def _read_chunk(chunk: list[int], files: list[Path], fail: Callable[[int, Exception], None],
+                ) -> list[tuple[int, Dataset, np.ndarray]]:
+    """(index, dataset, modality values) of each slice of the chunk that can be read and decoded."""
+    out = []
+    for i in chunk:
+        try:
+            ds = dcmread(files[i])
+            out.append((i, ds, modality_values(ds).astype(np.float32)))
+        except Exception as exc:  # noqa: BLE001 - any slice may be corrupt; the others go on
+            fail(i, exc)
+    return out
+
+
+def _upscale_isolating(model, mapping, read: list[tuple[int, Dataset, np.ndarray]],  # type: ignore[no-untyped-def]
+                       fail: Callable[[int, Exception], None]) -> list[tuple[int, Dataset, np.ndarray]]:
+    """Upscale the chunk as one batch; a batch fails as a whole, so on error retry it slice by
+    slice to record only the slice(s) to blame."""
+    if not read:
+        return []
+    try:
+        upscaled = model.upscale(np.stack([v for _, _, v in read]), mapping)
+        return [(i, ds, up) for (i, ds, _), up in zip(read, upscaled)]
+    except Exception as exc:  # noqa: BLE001 - one slice must not sink its batch
+        if len(read) == 1:
+            fail(read[0][0], exc)
+            return []
+    return [out for one in read for out in _upscale_isolating(model, mapping, [one], fail)]
+
+
+def _finish(factory: sessionmaker[Session], ctx: JobContext, timings: Timings, errors: SliceErrors,
+            derived: int) -> str:
+    if errors.transient and not ctx.last_attempt:
+        # Another attempt may read these slices (a file system hiccup); the good ones are stored.
+        raise TransientSliceError(errors.summary(len(ctx.sources)))
+    state = JobState.done if not errors else JobState.done_with_errors if derived else JobState.failed
+    error = ""
+    if errors:
+        gave_up = f"gave up after {ctx.attempts - 1} retries: " if errors.transient else ""
+        error = gave_up + errors.summary(len(ctx.sources))
     with session_scope(factory) as session:
         job = session.get(Job, ctx.job_id)
         assert job is not None
         if job.state == JobState.cancelled:
             return "cancelled"
-        job.state = JobState.done
-        job.finished_at = utcnow()
-        job.error = ""
+        if state is JobState.failed:
+            job.fail(error)
+        else:
+            job.state, job.finished_at, job.error = state, utcnow(), error[:4000]
         job.timings = timings.to_json({**_json(job.timings), "queue": ctx.queued_s})
         if ctx.destinations and not session.scalar(select(func.count()).select_from(Outbox).where(
                 Outbox.job_pk == ctx.job_id, Outbox.state == OutboxState.pending)):
             # Everything went out while the job ran: sending added nothing to its timeline.
             job.timings = json.dumps({**_json(job.timings), "send": 0.0})
-    log.info("job #%d done: %d slices with %s x%d (%s)", ctx.job_id, len(ctx.sources), ctx.model, ctx.scale,
-             timings.to_json({}))
-    return "done"
+    log.info("job #%d %s: %d of %d slices with %s x%d (%s)", ctx.job_id, state.value, derived, len(ctx.sources),
+             ctx.model, ctx.scale, timings.to_json({}))
+    return state.value
 
 
 def _json(text: str) -> dict[str, float]:
@@ -273,13 +394,18 @@ def _json(text: str) -> dict[str, float]:
     return value if isinstance(value, dict) else {}
 
 
-def _chunks(todo: list[int], files: list[Path], size: int) -> Iterator[list[int]]:
+def _chunks(todo: list[int], files: list[Path], size: int, fail: Callable[[int, Exception], None],
+            ) -> Iterator[list[int]]:
     # Consecutive slices in batches; the model stacks them, so a batch never mixes shapes.
     shapes: dict[int, tuple[int, int]] = {}
     batch: list[int] = []
     for i in todo:
-        ds = dcmread(files[i], stop_before_pixels=True)
-        shapes[i] = (int(ds.Rows), int(ds.Columns))
+        try:
+            ds = dcmread(files[i], stop_before_pixels=True)
+            shapes[i] = (int(ds.Rows), int(ds.Columns))
+        except Exception as exc:  # noqa: BLE001 - a gone or unreadable file fails that slice only
+            fail(i, exc)
+            continue
         if batch and (len(batch) >= size or shapes[batch[0]] != shapes[i]):
             yield batch
             batch = []
@@ -290,27 +416,45 @@ def _chunks(todo: list[int], files: list[Path], size: int) -> Iterator[list[int]
 
 class _ChunkWriter:
     """Derive, store and index one chunk of upscaled slices, its outbox rows and the job's progress
-    in one transaction (all or nothing, so a resumed job finds whole chunks)."""
+    in one transaction (all or nothing, so a resumed job finds whole chunks). A slice that cannot
+    be derived or encoded is recorded and left out; progress counts the slices derived."""
 
     def __init__(self, cfg: SRNodeConfig, factory: sessionmaker[Session], ctx: JobContext,
-                 derivation: Derivation, enhanced: bool) -> None:
+                 derivation: Derivation, enhanced: bool, derived: int,
+                 fail: Callable[[int, Exception], None]) -> None:
         self.cfg, self.factory, self.ctx, self.derivation, self.enhanced = cfg, factory, ctx, derivation, enhanced
+        self.derived = derived  # slices with a derived instance, as job.progress_done shows
+        self.fail = fail
         self.classic: list[Dataset] = []  # enhanced output: the frames, combined at the end
         self.busy_s = 0.0
 
-    def write(self, datasets: list[Dataset], upscaled: np.ndarray, done: int) -> JobState:
+    def _derive(self, i: int, ds: Dataset, up: np.ndarray) -> Dataset | None:
+        try:
+            derived = derive_classic(ds, np.asarray(up), self.derivation)
+            return derived if self.enhanced else encode(derived, self.derivation.transfer_syntax)
+        except Exception as exc:  # noqa: BLE001 - odd geometry or attributes fail this slice only
+            self.fail(i, exc)
+            return None
+
+    def write(self, batch: list[tuple[int, Dataset, np.ndarray]]) -> JobState:
         t0 = time.perf_counter()
-        derived = [derive_classic(ds, np.asarray(up), self.derivation) for ds, up in zip(datasets, upscaled)]
+        derived = [d for d in (self._derive(i, ds, up) for i, ds, up in batch) if d is not None]
         if self.enhanced:
             self.classic.extend(derived)
-            state = _set_progress(self.factory, self.ctx.job_id, done)
+            self.derived += len(derived)
+            state = _set_progress(self.factory, self.ctx.job_id, self.derived)
+        elif derived:
+            state = self.store(derived, len(derived))
         else:
-            state = self.store([encode(d, self.derivation.transfer_syntax) for d in derived], done)
+            state = _set_progress(self.factory, self.ctx.job_id, self.derived)
         self.busy_s += time.perf_counter() - t0
         return state
 
-    def store(self, datasets: list[Dataset], done: int) -> JobState:
-        """Stored and indexed locally (for C-MOVE), one outbox row per destination, progress."""
+    def store(self, datasets: list[Dataset], slices: int = 0) -> JobState:
+        """Stored and indexed locally (for C-MOVE), one outbox row per destination, progress
+        (`slices` more derived, counted once the transaction commits)."""
+        done = self.derived + slices
+
         def queue_and_progress(session: Session, results: list[StoreResult]) -> JobState:
             if self.ctx.destinations:
                 enqueue(session, [r.instance_pk for r in results], self.ctx.destinations, job_pk=self.ctx.job_id)
@@ -324,6 +468,7 @@ class _ChunkWriter:
                                   sender_ae=self.cfg.node.ae_title, derived_from_job=self.ctx.job_id,
                                   also=queue_and_progress)
         assert state is not None
+        self.derived = done
         return state
 
 
@@ -331,17 +476,19 @@ def fail_job(factory: sessionmaker[Session], job_id: int, error: str) -> None:
     """Mark the job failed for good, with the reason a user needs."""
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
-        if job is not None and job.state not in (JobState.done, JobState.cancelled):
-            job.state = JobState.failed
-            job.error = error[:4000]
-            job.finished_at = utcnow()
+        if job is not None and job.state not in (*FINISHED_STATES, JobState.cancelled):
+            job.fail(error)
 
 
-def requeue_job(factory: sessionmaker[Session], job_id: int, error: str) -> None:
-    """Put a job back to queued after a transient error (the task retries it)."""
+def retry_or_fail(factory: sessionmaker[Session], job_id: int, error: str, max_retries: int) -> int | None:
+    """After a transient or unforeseen error: the running job back to queued for the task's retry
+    (returns its attempts so far), or failed with the error once it is out of attempts (None)."""
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
-        if job is not None and job.state == JobState.running:
-            job.state = JobState.queued
-            job.error = error[:4000]
-            job.heartbeat_at = None
+        if job is None or job.state != JobState.running:
+            return None  # cancelled or finished meanwhile: nothing to retry
+        if job.out_of_attempts(max_retries):
+            job.fail(f"gave up after {job.attempts - 1} retries: {error}")
+            return None
+        job.state, job.error, job.heartbeat_at = JobState.queued, f"retrying: {error}"[:4000], None
+        return job.attempts

@@ -5,20 +5,17 @@ import logging
 from dataclasses import dataclass
 
 from celery import Celery
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
 from sr_engine.archs import CheckpointError
 from sr_engine.registry import UnknownModelError
 from workers.app import TASK_PROCESS_JOB
-from workers.process import PermanentJobError, fail_job, requeue_job, run_job
+from workers.process import TRANSIENT_ERRORS, PermanentJobError, error_reason, fail_job, retry_or_fail, run_job
 
 log = logging.getLogger(__name__)
 
-# Errors that another attempt may not hit: the database was busy, a file system hiccup,
-# the GPU ran out of memory for a moment.
-TRANSIENT = (OperationalError, OSError, TimeoutError, RuntimeError)
+TRANSIENT = TRANSIENT_ERRORS
 PERMANENT = (PermanentJobError, CheckpointError, UnknownModelError, ValueError, KeyError, AttributeError)
 
 
@@ -34,22 +31,33 @@ class WorkerRuntime:
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Register the process_job task on `app`, bound to this process's runtime."""
 
-    @app.task(name=TASK_PROCESS_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+    # shared=False: a shared task would be bound into every Celery app made later in this process,
+    # so a second app (tests, a reloaded worker) would run the first runtime's closure.
+    @app.task(name=TASK_PROCESS_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
+              shared=False)
     def process_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
-        """Upscale one job's series; idempotent, so redelivery and retries are safe."""
+        """Upscale one job's series; idempotent, so redelivery and retries are safe.
+
+        Attempts are counted on the job row (`job.attempts`, shared with the dispatcher's requeue
+        of a dead worker's job), not by Celery: after 1 + worker.max_retries the job fails.
+        """
+        job = int(job_id)
         try:
-            return run_job(runtime.cfg, runtime.factory, int(job_id), runtime.device, self.request.id or "")
+            return run_job(runtime.cfg, runtime.factory, job, runtime.device, self.request.id or "")
         except PERMANENT as exc:
-            log.error("job #%s failed: %s", job_id, exc)
-            fail_job(runtime.factory, int(job_id), f"{type(exc).__name__}: {exc}")
+            log.error("job #%d failed: %s", job, error_reason(exc))
+            fail_job(runtime.factory, job, error_reason(exc))
             return "failed"
-        except TRANSIENT as exc:
-            retries = self.request.retries
-            if retries >= runtime.cfg.worker.max_retries:
-                log.error("job #%s failed after %d retries: %s", job_id, retries, exc)
-                fail_job(runtime.factory, int(job_id), f"gave up after {retries} retries: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - transient, or a type nobody foresaw: see below
+            # Slice data problems are already recorded per slice by run_job; an unforeseen type that
+            # reaches here (TypeError...) is treated as transient: its error is stored and it gets
+            # the bounded retries, so it can neither leave the job running nor loop forever.
+            unforeseen = not isinstance(exc, TRANSIENT)
+            attempts = retry_or_fail(runtime.factory, job, error_reason(exc), runtime.cfg.worker.max_retries)
+            if attempts is None:
+                log.error("job #%d failed: %s", job, error_reason(exc), exc_info=unforeseen)
                 return "failed"
-            delay = min(300, 2 ** (retries + 1))
-            log.warning("job #%s: transient error (%s); retry %d in %d s", job_id, exc, retries + 1, delay)
-            requeue_job(runtime.factory, int(job_id), f"retrying: {type(exc).__name__}: {exc}")
+            delay = min(300, 2 ** attempts)
+            log.warning("job #%d: %s error (%s); retry %d in %d s", job, "unexpected" if unforeseen else "transient",
+                        error_reason(exc), attempts, delay, exc_info=unforeseen)
             raise self.retry(countdown=delay, exc=exc)

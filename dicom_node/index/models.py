@@ -45,8 +45,15 @@ class JobState(str, enum.Enum):
     queued = "queued"
     running = "running"
     done = "done"
+    # Finished, but some slices could not be read, decoded, upscaled or derived: job.error names them.
+    # 16 characters, the column's length; the non-native enum has no CHECK constraint, so no migration.
+    done_with_errors = "done_with_errors"
     failed = "failed"
     cancelled = "cancelled"
+
+
+# Every state in which a job has finished producing its derived series (for "is it done?" questions).
+FINISHED_STATES = (JobState.done, JobState.done_with_errors)
 
 
 class OutboxState(str, enum.Enum):
@@ -165,6 +172,16 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("series_pk", "rule_name", "model", "checkpoint_sha256", "scale", name="uq_job_identity"),
     )
+
+    def out_of_attempts(self, max_retries: int) -> bool:
+        """True once the job has been claimed 1 + max_retries times: no further attempt is allowed."""
+        return self.attempts > max_retries
+
+    def fail(self, error: str) -> None:
+        """Failed for good, with the reason a user needs (never empty)."""
+        self.state = JobState.failed
+        self.error = (error or "failed without a recorded reason")[:4000]
+        self.finished_at = utcnow()
 
 
 class Outbox(Base):

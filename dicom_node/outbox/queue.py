@@ -16,7 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from config.schema import SendConfig
-from dicom_node.index.models import Instance, Job, JobState, Outbox, OutboxState
+from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Outbox, OutboxState
 
 
 def utcnow() -> datetime:
@@ -106,7 +106,7 @@ def _record_send_tail(session: Session, job_pk: int, delivered_at: datetime) -> 
     # Sending overlaps inference; what the job's timeline gains is finished → last delivered.
     session.flush()
     job = session.get(Job, job_pk)
-    if job is None or job.state != JobState.done or job.finished_at is None:
+    if job is None or job.state not in FINISHED_STATES or job.finished_at is None:
         return
     pending = session.scalar(select(func.count()).select_from(Outbox).where(
         Outbox.job_pk == job_pk, Outbox.state == OutboxState.pending))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
@@ -52,22 +53,43 @@ class Dispatcher:
         self.dispatch_pending()
 
     def reset_all_active(self) -> int:
-        """Every queued/running job back to queued without a task (its worker died with the node)."""
+        """Every queued/running job back to queued without a task (its worker died with the node);
+        a running one that is out of attempts fails instead. Returns how many were queued."""
         with session_scope(self.factory) as session:
+            running = session.scalars(select(Job).where(Job.state == JobState.running))
+            self._fail_exhausted(running, "its worker stopped with the node")
             result = session.execute(update(Job).where(Job.state.in_(ACTIVE_STATES))
                                      .values(state=JobState.queued, task_id="", heartbeat_at=None))
             return int(result.rowcount or 0)
 
     def requeue_stale(self) -> int:
-        """Running jobs without a heartbeat for worker.heartbeat_timeout_s go back to queued."""
-        stale = utcnow() - timedelta(seconds=self.cfg.worker.heartbeat_timeout_s)
+        """Running jobs without a heartbeat for worker.heartbeat_timeout_s go back to queued, or
+        fail once out of attempts (a job that kills its worker must not come back forever).
+        Returns how many were queued again."""
+        timeout = self.cfg.worker.heartbeat_timeout_s
+        stale = utcnow() - timedelta(seconds=timeout)
         with session_scope(self.factory) as session:
             jobs = list(session.scalars(select(Job).where(Job.state == JobState.running, Job.heartbeat_at < stale)))
+            jobs = self._fail_exhausted(jobs, f"no heartbeat from its worker for {timeout:.0f} s")
             for job in jobs:
                 log.warning("job #%d: no heartbeat from its worker for %.0f s; queued again (at %d of %d slices)",
-                            job.id, self.cfg.worker.heartbeat_timeout_s, job.progress_done, job.progress_total)
+                            job.id, timeout, job.progress_done, job.progress_total)
                 job.state, job.task_id, job.heartbeat_at = JobState.queued, "", None
             return len(jobs)
+
+    def _fail_exhausted(self, jobs: Iterable[Job], why: str) -> list[Job]:
+        """Fail the jobs out of attempts (their last error kept in the reason); returns the others."""
+        left = []
+        for job in jobs:
+            if not job.out_of_attempts(self.cfg.worker.max_retries):
+                left.append(job)
+                continue
+            last = f"; last error: {job.error}" if job.error else ""
+            job.fail(f"gave up after {job.attempts} attempt(s): {why} at {job.progress_done} of "
+                     f"{job.progress_total} slices{last}")
+            job.task_id, job.heartbeat_at = "", None
+            log.error("job #%d failed: %s after %d attempt(s)", job.id, why, job.attempts)
+        return left
 
     def dispatch_pending(self) -> int:
         """Send a task for every queued job that has none; returns how many were sent."""

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.schema import RoutingRule, SRNodeConfig
 from dicom_node.derive.uids import derived_series_uid
 from dicom_node.index.db import session_scope
-from dicom_node.index.models import Instance, Job, JobState, Series, SeriesState
+from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Series, SeriesState
 from dicom_node.outbox.queue import enqueue
 from dicom_node.routing import SeriesFacts, rule_name, select_rule
 from sr_engine import registry
@@ -105,8 +105,9 @@ def ensure_job(cfg: SRNodeConfig, factory: sessionmaker[Session], series_pk: int
             else:
                 log.info("job #%d queued: series #%d, rule %s, model %s x%d, %d slice(s), %s",
                          job.id, series_pk, name, rule.model, scale, n_images, rule.priority)
-        elif job.state in (JobState.done, JobState.failed) and not error and n_images > job.progress_total:
+        elif job.state in (*FINISHED_STATES, JobState.failed) and not error and n_images > job.progress_total:
             job.state, job.task_id, job.error, job.progress_total = JobState.queued, "", "", n_images
+            job.attempts = 0  # new slices: a fresh worker.max_retries budget
             log.info("job #%d queued again: series #%d now has %d slice(s)", job.id, series_pk, n_images)
         return job.id
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
 from dicom_node.derive.writer import Derivation, derived_series_description, derived_series_number
-from dicom_node.index.models import Instance, Job, JobState, Series
+from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Series
 from dicom_node.pipeline.jobs import checkpoint_digest, ensure_job, series_facts
 from dicom_node.qr.on_demand import OnDemandError, ProducedInstance, VirtualSeries
 from dicom_node.routing import rule_name, select_rule
@@ -94,7 +94,7 @@ class OnDemandJobs:
                 if sop not in sent:
                     sent.add(sop)
                     yield ProducedInstance(path=self.storage_dir / rel, sop_instance_uid=sop)
-            if state == JobState.done:
+            if state in FINISHED_STATES:  # done_with_errors: the slices that could be derived are out
                 return
             if state in (JobState.failed, JobState.cancelled):
                 raise OnDemandError(f"job #{job_id} {state.value}: {error or 'no reason recorded'}")

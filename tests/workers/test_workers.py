@@ -41,9 +41,9 @@ def factory(cfg):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
-def make_job(factory) -> int:  # type: ignore[no-untyped-def]
+def make_job(factory, n: int = 1) -> int:  # type: ignore[no-untyped-def]
     with session_scope(factory) as s:
-        series = Series(series_uid="1.2.3", study=Study(study_uid="1.2", patient=Patient(patient_id="p")))
+        series = Series(series_uid=f"1.2.3.{n}", study=Study(study_uid=f"1.2.{n}", patient=Patient(patient_id=f"p{n}")))
         s.add(series)
         s.flush()
         job = Job(series_pk=series.id, model="bicubic", scale=2)
@@ -107,6 +107,46 @@ def test_dispatcher_requeues_stale_running_job(cfg, factory) -> None:  # type: i
         job = s.get(Job, job_id)
         assert job.state == JobState.queued and job.task_id not in ("", "dead")
     assert dispatcher.dispatch_pending() == 0  # sent once
+
+
+def _stale_running(factory, n: int, attempts: int, error: str = "") -> int:  # type: ignore[no-untyped-def]
+    job_id = make_job(factory, n)
+    with session_scope(factory) as s:
+        job = s.get(Job, job_id)
+        job.state, job.task_id, job.heartbeat_at = JobState.running, "dead", utcnow() - timedelta(seconds=5)
+        job.attempts, job.error, job.progress_done, job.progress_total = attempts, error, 2, 7
+    return job_id
+
+
+def test_dispatcher_fails_a_stale_job_out_of_attempts_instead_of_requeueing(cfg, factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14 item 3: a job whose worker dies on every attempt used to be requeued forever."""
+    limit = cfg.worker.max_retries  # 1 + max_retries attempts in all
+    last_try = _stale_running(factory, 1, attempts=limit)  # one retry left
+    poisoned = _stale_running(factory, 2, attempts=limit + 1, error="retrying: OSError: disk hiccup")
+    silent = _stale_running(factory, 3, attempts=limit + 1)  # died without a word
+    dispatcher = Dispatcher(cfg, factory)
+    assert dispatcher.requeue_stale() == 1
+    assert dispatcher.dispatch_pending() == 1  # only the job with attempts left is sent again
+    with factory() as s:
+        assert s.get(Job, last_try).state == JobState.queued
+        for job_id in (poisoned, silent):
+            job = s.get(Job, job_id)
+            assert job.state == JobState.failed and job.finished_at is not None and job.task_id == ""
+            assert job.error.startswith(f"gave up after {limit + 1} attempt(s): no heartbeat from its worker")
+            assert "at 2 of 7 slices" in job.error
+        assert s.get(Job, poisoned).error.endswith("last error: retrying: OSError: disk hiccup")
+    assert dispatcher.requeue_stale() == 0  # failed stays failed
+
+
+def test_node_restart_fails_running_jobs_out_of_attempts(cfg, factory) -> None:  # type: ignore[no-untyped-def]
+    limit = cfg.worker.max_retries
+    kept = _stale_running(factory, 1, attempts=limit)
+    poisoned = _stale_running(factory, 2, attempts=limit + 1)
+    assert Dispatcher(cfg, factory).reset_all_active() == 1
+    with factory() as s:
+        assert s.get(Job, kept).state == JobState.queued
+        job = s.get(Job, poisoned)
+        assert job.state == JobState.failed and "its worker stopped with the node" in job.error
 
 
 def _order_taken(app, conn, queues) -> list[int]:  # type: ignore[no-untyped-def]

@@ -2,7 +2,8 @@
 import { api } from "../api.js";
 import { h, table, toast, errorText, fmtTime } from "../ui.js";
 
-const STATES = ["", "queued", "running", "done", "failed", "cancelled"];
+const STATES = ["", "queued", "running", "done", "done_with_errors", "failed", "cancelled"];
+const FINISHED = ["done", "done_with_errors"];
 
 export default async function jobs(main, args, session) {
   const admin = session.role === "admin";
@@ -31,8 +32,8 @@ export default async function jobs(main, args, session) {
       { title: "Created", render: (r) => fmtTime(r.created_at) },
       { title: "Error", render: (r) => h("span", { class: "error" }, r.error) },
       { title: "", render: (r) => h("span", {},
-        r.state === "done" && h("a", { href: `#/viewer/${r.id}`, testid: `view-${r.id}` }, "Compare"),
-        admin && ["failed", "cancelled"].includes(r.state) && h("button", { testid: `retry-${r.id}`, onclick: () => act(r.id, "retry") }, "Retry"),
+        FINISHED.includes(r.state) && h("a", { href: `#/viewer/${r.id}`, testid: `view-${r.id}` }, "Compare"),
+        admin && ["failed", "cancelled", "done_with_errors"].includes(r.state) && h("button", { testid: `retry-${r.id}`, onclick: () => act(r.id, "retry") }, "Retry"),
         admin && ["queued", "running"].includes(r.state) && h("button", { class: "danger", testid: `cancel-${r.id}`, onclick: () => act(r.id, "cancel") }, "Cancel")) },
     ], rows, "jobs-table"));
   }

@@ -17,7 +17,7 @@ export default async function series(main) {
         "derived from job": s.derived_from_job ?? "—" }).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))])),
       h("h4", {}, "Jobs"),
       s.jobs.length ? h("ul", {}, s.jobs.map((j) => h("li", {}, `job ${j.id}: ${j.model} x${j.scale} ${j.state} `,
-        j.state === "done" && h("a", { href: `#/viewer/${j.id}` }, "Compare")))) : h("p", { class: "muted" }, "none"));
+        ["done", "done_with_errors"].includes(j.state) && h("a", { href: `#/viewer/${j.id}` }, "Compare")))) : h("p", { class: "muted" }, "none"));
     detail.hidden = false;
   }
 

@@ -131,7 +131,8 @@ export default async function viewer(main, args) {
 }
 
 async function chooser(main) {
-  const done = await api.get("/api/jobs?state=done&limit=50");
+  const done = [...await api.get("/api/jobs?state=done&limit=50"),
+    ...await api.get("/api/jobs?state=done_with_errors&limit=50")].sort((a, b) => b.id - a.id);
   main.replaceChildren(h("h2", {}, "Viewer"),
     done.length ? h("ul", {}, done.map((j) => h("li", {},
       h("a", { href: `#/viewer/${j.id}` }, `job ${j.id}: ${j.modality} ${j.series_description || j.series_uid} → ${j.model} x${j.scale}`))))
