@@ -18,6 +18,9 @@ from config.schema import SRNodeConfig
 
 ENV_PREFIX = "SRNODE_"
 
+# The checkpoints shipped with srnode (models/ at the top of the repository).
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the dotted key path(s) a user must fix."""
@@ -32,7 +35,9 @@ def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> di
         if not name.startswith(ENV_PREFIX) or name in ("SRNODE_CONFIG",):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
-        if not path:
+        # Only names of settings: SRNODE_SHARED_DIR, SRNODE_ADMIN_TOKEN and other variables that
+        # tools and tests use must not turn into unknown keys.
+        if not path or path[0] not in SRNodeConfig.model_fields:
             continue
         target = data
         for part in path[:-1]:
@@ -62,17 +67,29 @@ def _resolve_relative_paths(cfg: SRNodeConfig, base_dir: Path) -> SRNodeConfig:
         cfg.node.tls.ca = fix(cfg.node.tls.ca)
     for entry in cfg.models.values():
         entry.weights = fix(entry.weights)
+    dirs = cfg.models_dirs if cfg.models_dirs is not None else [Path("models"), SHIPPED_MODELS_DIR]
+    # resolve(): symlinks too, so that a confinement check compares real locations.
+    cfg.models_dirs = list(dict.fromkeys((base_dir / d).resolve() for d in dirs))
     return cfg
 
 
+def _errors(pairs: list[tuple[str, str]]) -> ConfigError:
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(f"{k}: {m}" for k, m in pairs),
+                       [k for k, _ in pairs])
+
+
 def _format_errors(exc: ValidationError) -> ConfigError:
-    keys: list[str] = []
-    lines: list[str] = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        keys.append(key)
-        lines.append(f"{key}: {err['msg']}")
-    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), keys)
+    return _errors([(".".join(str(p) for p in err["loc"]) or "(top level)", err["msg"]) for err in exc.errors()])
+
+
+def _check_models(cfg: SRNodeConfig) -> None:
+    # Model names, architectures and rule scales need the SR registry's knowledge (names only:
+    # importing it loads no torch). Imported here: the registry itself imports config.schema.
+    from sr_engine.registry import config_errors
+
+    found = list(config_errors(cfg.models, cfg.routing))
+    if found:
+        raise _errors(found)
 
 
 def parse_config(
@@ -86,6 +103,7 @@ def parse_config(
         cfg = SRNodeConfig.model_validate(merged)
     except ValidationError as exc:
         raise _format_errors(exc) from None
+    _check_models(cfg)
     return _resolve_relative_paths(cfg, (base_dir or Path.cwd()).resolve())
 
 

@@ -46,6 +46,8 @@ class NodeConfig(_Strict):
     storage_dir: Path = Path("var/storage")
     database_url: str = "sqlite:///var/srnode.db"
     require_known_callers: bool = True
+    # Only associations called `ae_title` are accepted (Orthanc's DicomCheckCalledAet).
+    require_called_ae: bool = True
     min_free_disk_mb: int = Field(1024, ge=0)
     max_associations: int = Field(16, ge=1)
     # Listener processes sharing node.port (SO_REUSEPORT, Linux); each has its own DB connections.
@@ -197,6 +199,9 @@ class SRNodeConfig(_Strict):
     send: SendConfig = Field(default_factory=SendConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     query_retrieve: QueryRetrieveConfig = Field(default_factory=QueryRetrieveConfig)
+    # Folders a checkpoint registered through the admin API must lie in. None: `models/` beside
+    # the config file and the repository's `models/` (the loader fills them in).
+    models_dirs: list[Path] | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "SRNodeConfig":

@@ -33,7 +33,8 @@ def build_ae(cfg: SRNodeConfig, contexts: list[Any]) -> AE:
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 120
-    # Calling-AE checks are done (and logged) by dicom_node.handlers.association.
+    # Called- and calling-AE checks are done by dicom_node.handlers.association (one log line and
+    # a metric per rejection; node.require_called_ae decides whether the called title must match).
     ae.require_called_aet = False
     seen: set[str] = set()
     for cx in contexts:

@@ -31,7 +31,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 ASSOCIATIONS = Counter(
     "srnode_associations",
-    "Association requests by the node's own checks' outcome (accepted, rejected_unknown_ae, rejected_disk)",
+    "Association requests by the node's own checks' outcome (accepted, rejected_unknown_ae, rejected_called_ae, rejected_disk)",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -30,9 +30,10 @@ from spandrel.architectures.HAT import HAT
 from spandrel.architectures.SwinIR import SwinIR
 from spandrel.util import KeyCondition
 
+from sr_engine.arch_names import NETWORK_ARCHS
 from sr_engine.dpsr import DPSR, dpsr_hyperparameters
 
-ARCHS: tuple[str, ...] = ("realesrgan", "bsrgan", "dpsr", "swinir", "hat")
+ARCHS: tuple[str, ...] = NETWORK_ARCHS
 
 # Our architecture names -> spandrel architecture ids (RealESRGAN and BSRGAN share RRDBNet).
 SPANDREL_ID: dict[str, str] = {

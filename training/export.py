@@ -22,6 +22,7 @@ import yaml
 from config.loader import parse_config
 from config.schema import IntensityConfig, ModelEntry
 from sr_engine.archs import file_sha256, load_checkpoint
+from sr_engine.registry import check_model_name
 
 _CARD_JSON = "model_card.json"
 
@@ -66,6 +67,7 @@ def add_model_from_card(card_path: Path | str, config_path: Path | str, name: st
     """`srnode models add`: register an exported model (its model_card.json) in a node YAML."""
     card_path = Path(card_path)
     card = json.loads(card_path.read_text())
+    check_model_name(name or card["name"], card["arch"])  # before any file is read or written
     weights = (card_path.parent / card["weights"]).resolve()
     if file_sha256(weights) != card["sha256"]:
         raise ValueError(f"{weights}: sha256 differs from {card_path}; re-export the model")
@@ -163,6 +165,7 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
     """Export `run`'s EMA weights to `dest` with a model card; optionally register in a YAML."""
     run, dest = Path(run), Path(dest)
     meta = json.loads((run / "run.json").read_text())
+    check_model_name(name, meta["preset"]["arch"])  # before anything is exported under that name
     src = run / f"{weights}.pt"
     if not src.exists():
         raise FileNotFoundError(f"{src} not found: is the run finished?")

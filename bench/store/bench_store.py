@@ -71,7 +71,8 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
 
 
 def echo_ok(port: int) -> bool:
-    return subprocess.run(["echoscu", "-aet", "BENCH", "127.0.0.1", str(port)], capture_output=True, env=ENV).returncode == 0
+    # Called AE SRNODE for both receivers: srnode checks it (node.require_called_ae), Orthanc does not.
+    return subprocess.run(["echoscu", "-aet", "BENCH", "-aec", "SRNODE", "127.0.0.1", str(port)], capture_output=True, env=ENV).returncode == 0
 
 
 @dataclass
@@ -226,7 +227,7 @@ def send(port: int, files: list[Path], parallel: int) -> float:
     """Wall seconds for `parallel` storescu processes (one association each) to send `files`."""
     chunks = [files[i::parallel] for i in range(parallel)]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "ANY", "127.0.0.1", str(port), *map(str, c)],
+    procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "SRNODE", "127.0.0.1", str(port), *map(str, c)],
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in chunks]
     errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t0

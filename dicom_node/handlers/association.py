@@ -1,4 +1,4 @@
-"""A-ASSOCIATE-RQ checks: unknown calling AE titles and a nearly full disk are refused."""
+"""A-ASSOCIATE-RQ checks: another called AE title, an unknown calling AE title and a nearly full disk are refused."""
 from __future__ import annotations
 
 import logging
@@ -27,10 +27,27 @@ def _reject(event: evt.Event, result: int, source: int, diagnostic: int) -> None
     event.assoc.kill()
 
 
+def _wrong_called_ae(event: evt.Event, ctx: NodeContext, calling: str) -> bool:
+    """Reject (one log line) an association addressed to another AE title than the node's."""
+    called = str(event.assoc.requestor.primitive.called_ae_title).strip()
+    node = ctx.cfg.node
+    if not node.require_called_ae or called == node.ae_title:
+        return False
+    log.warning("rejected association from %r (%s): called AE %r is not node.ae_title %r",
+                calling, event.assoc.requestor.address, called, node.ae_title)
+    # permanent, service user, called AE title not recognised (as Orthanc's DicomCheckCalledAet)
+    _reject(event, 0x01, 0x01, 0x07)
+    ASSOCIATIONS.labels(outcome="rejected_called_ae").inc()
+    return True
+
+
 def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
-    """Reject the association (one log line) if the caller is unknown or the disk is too full."""
+    """Reject the association (one log line) if it is addressed to another AE title, the caller
+    is unknown or the disk is too full."""
     calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
     node = ctx.cfg.node
+    if _wrong_called_ae(event, ctx, calling):
+        return
     if node.require_known_callers and ctx.cfg.peer_by_ae(calling) is None:
         log.warning("rejected association from unknown calling AE %r (%s)", calling, event.assoc.requestor.address)
         # permanent, service user, calling AE title not recognised

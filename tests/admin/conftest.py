@@ -33,6 +33,7 @@ def base_config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "peers": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 11112}},
         "routing": [{"name": "ct", "match": {"modality": "CT"}, "model": "bicubic", "destinations": ["pacs"]}],
         "admin": {"tokens": {ADMIN: "admin", READ: "read", READER: "reader"}},
+        "models_dirs": [str(tmp_path / "weights")],  # where POST /api/models may find checkpoints
         **extra,
     }
 

@@ -97,12 +97,12 @@ def test_routing_change_applies_to_next_series_without_restart(client: TestClien
     facts = SeriesFacts(modality="CT", calling_ae="SCANNER")
     before = select_rule(live.current().routing, facts)
     assert before is not None and before[1].model == "bicubic"
-    r = client.put("/api/routing/modalities/CT", json={"model": "lanczos", "scale": 2}, headers=auth(ADMIN))
+    r = client.put("/api/routing/modalities/CT", json={"model": "lanczos", "scale": 4}, headers=auth(ADMIN))
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "lanczos"
     # The same LiveConfig object the pipeline holds: routing for the next series picks the new model.
     after = select_rule(live.current().routing, facts)
-    assert after is not None and after[1].model == "lanczos" and after[1].scale == 2
+    assert after is not None and after[1].model == "lanczos" and after[1].scale == 4
     assert after[1].destinations == ["pacs"]
     assert client.get("/api/routing/modalities", headers=auth(READ)).json()["CT"]["model"] == "lanczos"
 
@@ -112,6 +112,61 @@ def test_model_for_new_modality_appends_rule(client: TestClient, live: LiveConfi
     assert r.status_code == 200, r.text
     rule = select_rule(live.current().routing, SeriesFacts(modality="MR"))
     assert rule is not None and rule[1].model == "bicubic"
+
+
+def test_routing_to_a_scale_the_model_cannot_do_is_422(client: TestClient, live: LiveConfig) -> None:
+    # The built-in lanczos is x4: a x2 rule would be accepted and then fail every series it routes.
+    r = client.put("/api/routing/modalities/CT", json={"model": "lanczos", "scale": 2}, headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["keys"] == ["routing.0.scale"]
+    assert live.current().routing[0].model == "bicubic"
+    # An interpolator at another factor is registered like in the YAML file, then routable.
+    r = client.post("/api/models", json={"name": "lanczos-x2", "arch": "lanczos", "scale": 2}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    r = client.put("/api/routing/modalities/CT", json={"model": "lanczos-x2", "scale": 2}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("body, key", [
+    ({"name": "lanczos", "arch": "realesrgan", "weights": "x.pth", "scale": 4}, "models.lanczos"),
+    ({"name": "BICUBIC", "arch": "lanczos", "scale": 4}, "models.BICUBIC"),
+    ({"name": "m", "arch": "bicubic", "weights": "x.pth"}, "models.m.weights"),
+    ({"name": "m", "arch": "edsr"}, "models.m.arch"),
+])
+def test_models_api_refuses_what_the_yaml_refuses(client: TestClient, live: LiveConfig,
+                                                  body: dict, key: str) -> None:  # type: ignore[type-arg]
+    r = client.post("/api/models", json=body, headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["keys"] == [key], r.text
+    assert body["name"] not in live.current().models
+
+
+BIG = "99999999999999999999999"  # beyond a signed 64-bit SQL integer
+
+
+@pytest.mark.parametrize("method, path, token", [
+    ("GET", f"/api/jobs/{BIG}", READ),
+    ("POST", f"/api/jobs/{BIG}/retry", ADMIN),
+    ("POST", f"/api/jobs/{BIG}/cancel", ADMIN),
+    ("GET", f"/api/jobs/{BIG}/slices", READ),
+    ("GET", f"/api/jobs/{BIG}/slices/0/psnr", READ),
+    ("GET", f"/api/jobs/1/slices/{BIG}/source.png", READ),
+    ("GET", f"/api/jobs?offset={BIG}", READ),
+    ("GET", f"/api/series?offset={BIG}", READ),
+    ("GET", f"/api/reader-studies/{BIG}", READ),
+    ("POST", f"/api/reader-studies/{BIG}/start", ADMIN),
+    ("POST", f"/api/reader-studies/{BIG}/close", ADMIN),
+    ("GET", f"/api/reader-studies/{BIG}/results", READ),
+    ("GET", f"/api/reader-studies/{BIG}/results.csv", READ),
+    ("GET", f"/api/reader-studies/{BIG}/results.png", READ),
+    ("GET", f"/api/reader-studies/{BIG}/answers.csv", READ),
+    ("GET", f"/api/reading/{BIG}/cases/1", READER),
+    ("GET", f"/api/reading/1/cases/{BIG}", READER),
+    ("GET", f"/api/reading/{BIG}/images/x.png", READER),
+])
+def test_out_of_range_ids_are_422_not_500(client: TestClient, method: str, path: str, token: str) -> None:
+    # The test client re-raises a server error (OverflowError from the driver) instead of a 500.
+    r = client.request(method, path, headers=auth(token))
+    assert r.status_code == 422, r.text
+    assert "less than or equal to 9223372036854775807" in r.text
 
 
 def test_models_list_has_builtins(client: TestClient) -> None:
@@ -157,6 +212,23 @@ def test_jobs_filter_retry_cancel(client: TestClient, sessions: sessionmaker[Ses
         assert session.get(Job, mr_job).state is JobState.cancelled
         actions = session.execute(select(Audit.action).order_by(Audit.id)).scalars().all()
     assert actions == ["job.retry", "job.cancel"]
+
+
+def test_retry_of_a_job_done_with_errors_starts_a_fresh_attempt_budget(
+        client: TestClient, sessions: sessionmaker[Session]) -> None:
+    with sessions() as session, session.begin():
+        ct = _series(session, "3", "CT")
+        job = Job(series_pk=ct.id, model="bicubic", state=JobState.done_with_errors, attempts=6,
+                  error="1 of 7 slice(s) not derived: 1.2.3: ValueError: no pixel data")
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    listed = client.get("/api/jobs?state=done_with_errors", headers=auth(READ)).json()
+    assert [j["id"] for j in listed] == [job_id]
+    r = client.post(f"/api/jobs/{job_id}/retry", headers=auth(ADMIN))
+    assert r.status_code == 200 and r.json()["state"] == "queued"
+    with sessions() as session:
+        assert session.get(Job, job_id).attempts == 0
 
 
 def test_series_and_stats(client: TestClient, sessions: sessionmaker[Session]) -> None:

@@ -54,10 +54,37 @@ def test_add_checkpoint_refusals_name_the_key(client: TestClient, checkpoint: tu
 
     assert keys({**base, "sha256": "0" * 64}) == ["models.x.sha256"]  # tampered / wrong file
     assert keys({**base, "sha256": "xyz"}) == ["models.x.sha256"]  # not a digest
-    assert keys({**base, "weights": str(tmp_path / "missing.pth")}) == ["models.x.weights"]
+    assert keys({**base, "weights": str(tmp_path / "weights" / "missing.pth")}) == ["models.x.weights"]
     assert keys({**base, "scale": 2}) == ["models.x.scale"]
     assert keys({**base, "arch": "swinir"}) == ["models.x.weights"]  # keys do not fit the architecture
     assert keys({**base, "arch": "nope"}) == ["models.x.arch"]
     assert keys({k: v for k, v in base.items() if k != "name"}) == ["name"]
     assert client.post("/api/models", json=base, headers=auth(READ)).status_code == 403
     assert "x" not in [m["name"] for m in client.get("/api/models", headers=auth(READ)).json()]
+
+
+def test_checkpoints_only_from_the_model_directories(client: TestClient, live: LiveConfig,
+                                                    checkpoint: tuple[Path, str], tmp_path: Path) -> None:
+    path, sha = checkpoint
+    outside = tmp_path / "elsewhere" / ANIME
+    outside.parent.mkdir()
+    shutil.copy(path, outside)
+    (path.parent / "link.pth").symlink_to(outside)  # inside by name, outside in fact
+
+    def refusal(weights: str) -> str:
+        r = client.post("/api/models", json={"name": "x", "arch": "realesrgan", "weights": weights, "scale": 4},
+                        headers=auth(ADMIN))
+        assert r.status_code == 422 and r.json()["keys"] == ["models.x.weights"], r.text
+        return r.json()["detail"]
+
+    # The same words whether the file exists, is readable, or is a real checkpoint: no file oracle.
+    details = {refusal(w) for w in ("/etc/shadow", "/etc/passwd", "/no/such/file.pth", str(outside),
+                                    str(path.parent / "link.pth"), f"{path.parent}/../elsewhere/{ANIME}",
+                                    "../elsewhere/" + ANIME)}
+    assert details == {"models.x.weights: weights not found in an allowed model directory (models_dirs)"}
+    assert "x" not in live.current().models
+    # A name relative to a model directory is found there and stored as the full path.
+    r = client.post("/api/models", json={"name": "rel", "arch": "realesrgan", "weights": ANIME, "scale": 4},
+                    headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    assert live.current().models["rel"].weights == path and live.current().models["rel"].sha256 == sha

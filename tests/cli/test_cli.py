@@ -50,3 +50,14 @@ def test_models_add_refuses_a_card_whose_weights_changed(tmp_path: Path, repo_ro
     assert added.returncode == 1
     assert "sha256" in added.stderr
     assert "models" not in (yaml.safe_load(config.read_text()) or {})
+
+
+def test_models_add_refuses_a_built_in_name(tmp_path: Path, repo_root: Path) -> None:
+    card = repo_root / "models" / "ct-realesrgan-anime6b" / "model_card.json"
+    config = tmp_path / "node.yaml"
+    config.write_text("{}\n")
+    added = subprocess.run([*SRNODE, "models", "add", "--card", str(card), "--config", str(config),
+                            "--name", "bicubic"], capture_output=True, text=True)
+    assert added.returncode == 1
+    assert "'bicubic' is the name of a built-in model" in added.stderr
+    assert yaml.safe_load(config.read_text()) == {}

@@ -1,6 +1,8 @@
 """config.loader: YAML + SRNODE_ overrides, errors that name the key."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,13 @@ def test_env_overrides(tmp_path: Path) -> None:
     assert cfg.node.port == 11113 and cfg.node.require_known_callers is False and cfg.series.stable_after_s == 2.5
 
 
+def test_env_variables_that_name_no_setting_are_ignored(tmp_path: Path) -> None:
+    # CI and tools set these; they are not settings and must not become unknown keys.
+    cfg = parse_config({"node": {"port": 1}}, base_dir=tmp_path,
+                       environ={"SRNODE_SHARED_DIR": "/x", "SRNODE_ADMIN_TOKEN": "t", "SRNODE_BROKER_URL": "redis://h:1/0"})
+    assert cfg.node.port == 1 and cfg.broker_url == "redis://h:1/0"
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
@@ -54,3 +63,82 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad, environ={})
+
+
+def test_node_checks_the_called_ae_title_by_default(tmp_path: Path) -> None:
+    assert parse_config({}, base_dir=tmp_path, environ={}).node.require_called_ae is True
+
+
+def test_models_dirs_default_beside_the_file_and_shipped(tmp_path: Path, repo_root: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("{}\n")
+    assert load_config(path, environ={}).models_dirs == [tmp_path.resolve() / "models", repo_root / "models"]
+    path.write_text("models_dirs: [weights, /srv/models]\n")
+    assert load_config(path, environ={}).models_dirs == [tmp_path.resolve() / "weights", Path("/srv/models")]
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        # bicubic is x4: a x2 rule would only fail when a series is routed.
+        ({"routing": [{"model": "bicubic", "scale": 2}]}, "routing.0.scale"),
+        ({"models": {"m": {"arch": "lanczos", "scale": 3}}, "routing": [{"model": "m", "scale": 2}]},
+         "routing.0.scale"),
+        ({"routing": [{"model": "no-such-model"}]}, "routing.0.model"),
+        ({"models": {"m": {"arch": "edsr"}}}, "models.m.arch"),
+        ({"models": {"m": {"arch": "bicubic", "weights": "w.pth"}}}, "models.m.weights"),
+        # Built-in names cannot be taken over by another model (any letter case).
+        ({"models": {"bicubic": {"arch": "realesrgan", "weights": "w.pth"}}}, "models.bicubic"),
+        ({"models": {"Lanczos": {"arch": "hat", "weights": "w.pth"}}}, "models.Lanczos"),
+        ({"models": {"realesrgan": {"arch": "swinir", "weights": "w.pth"}}}, "models.realesrgan"),
+    ],
+)
+def test_models_and_rules_the_engine_cannot_run_are_refused(tmp_path: Path, data: dict, key: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=tmp_path, environ={})
+    assert info.value.keys == [key] and key in str(info.value)
+
+
+def test_models_the_engine_can_run_are_accepted(tmp_path: Path) -> None:
+    cfg = parse_config({
+        "models": {"bicubic-x2": {"arch": "bicubic", "scale": 2},
+                   "bicubic": {"arch": "bicubic", "scale": 3},  # still bicubic interpolation
+                   "realesrgan": {"arch": "realesrgan", "weights": "official.pth"}},  # its official weights
+        "routing": [{"model": "bicubic-x2", "scale": 2}, {"model": "bicubic"}, {"model": "lanczos", "scale": 4},
+                    {"model": "realesrgan"}, {"skip": True}],
+    }, base_dir=tmp_path, environ={})
+    assert [r.model for r in cfg.routing] == ["bicubic-x2", "bicubic", "lanczos", "realesrgan", None]
+
+
+def test_config_check_refuses_a_scale_the_model_cannot_do(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("routing:\n  - {match: {modality: CT}, model: bicubic, scale: 2}\n")
+    assert main(["config", "check", str(path)]) == 1
+    assert "routing.0.scale: model 'bicubic' is x4, not x2" in capsys.readouterr().err
+
+
+def test_admin_changes_get_the_same_model_checks(tmp_path: Path) -> None:
+    from config.live import LiveConfig
+
+    live = LiveConfig(parse_config({}, base_dir=tmp_path, environ={}), sessions=None)  # type: ignore[arg-type]
+    for change, key in (({"routing": [{"model": "bicubic", "scale": 2}]}, "routing.0.scale"),
+                        ({"models": {"bicubic": {"arch": "realesrgan", "weights": "/w.pth"}}}, "models.bicubic")):
+        with pytest.raises(ConfigError) as info:
+            live.with_overrides(change)
+        assert info.value.keys == [key]
+
+
+def test_model_checks_import_no_torch_and_match_the_engine() -> None:
+    # Validation runs in `srnode config check` and in every listener process: no torch there.
+    code = ("import sys; from config.loader import parse_config; "
+            "parse_config({'routing': [{'model': 'lanczos', 'scale': 4}]}, environ={}); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    from sr_engine import registry
+    from sr_engine.archs import ARCHS
+    from sr_engine.interpolate import INTERPOLATORS
+
+    assert registry.NETWORK_ARCHS == ARCHS and registry.INTERPOLATOR_ARCHS == tuple(INTERPOLATORS)

@@ -14,8 +14,8 @@ from tests.dicom_node.conftest import node_config, storescu
 pytestmark = pytest.mark.integration
 
 
-def _echo(port: int, aet: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["echoscu", "-aet", aet, "-aec", "SRNODE", *extra, "127.0.0.1", str(port)],
+def _echo(port: int, aet: str, *extra: str, called: str = "SRNODE") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["echoscu", "-aet", aet, "-aec", called, *extra, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=30, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
 
 
@@ -28,6 +28,23 @@ def test_unknown_calling_ae_rejected(tmp_path: Path, sqlite_url: str, start_node
     lines = [r.getMessage() for r in caplog.records if r.name == "dicom_node.association"]
     assert len(lines) == 1 and "INTRUDER" in lines[0]
     assert _echo(node.port, "PACS").returncode == 0
+
+
+def test_other_called_ae_rejected(tmp_path: Path, sqlite_url: str, start_node, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO)
+    node = start_node(node_config(tmp_path, sqlite_url))
+    bad = _echo(node.port, "PACS", called="WRONGAE")
+    assert bad.returncode != 0
+    # A-ASSOCIATE-RJ: rejected-permanent, service-user, reason 7.
+    assert "Association Rejected" in bad.stderr and "Called AE Title Not Recognized" in bad.stderr, bad.stderr
+    lines = [r.getMessage() for r in caplog.records if r.name == "dicom_node.association"]
+    assert len(lines) == 1 and "WRONGAE" in lines[0]
+    assert _echo(node.port, "PACS").returncode == 0
+
+
+def test_other_called_ae_allowed_when_not_required(tmp_path: Path, sqlite_url: str, start_node) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(node_config(tmp_path, sqlite_url, require_called_ae=False))
+    assert _echo(node.port, "PACS", called="WRONGAE").returncode == 0
 
 
 def test_unknown_callers_allowed_when_not_required(tmp_path: Path, sqlite_url: str, start_node) -> None:  # type: ignore[no-untyped-def]

@@ -40,7 +40,8 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        r = subprocess.run(["echoscu", "-aet", "PACS", "127.0.0.1", str(port)], capture_output=True, timeout=10)
+        r = subprocess.run(["echoscu", "-aet", "PACS", "-aec", "SRNODE", "127.0.0.1", str(port)],
+                           capture_output=True, timeout=10)
         if r.returncode == 0:
             return
         time.sleep(0.3)
@@ -64,7 +65,8 @@ def test_sigterm_lets_open_association_finish(tmp_path: Path, repo_root: Path, c
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         # no new associations once SIGTERM arrived ...
-        late = subprocess.run(["echoscu", "-aet", "PACS", "127.0.0.1", str(port)], capture_output=True, timeout=10)
+        late = subprocess.run(["echoscu", "-aet", "PACS", "-aec", "SRNODE", "127.0.0.1", str(port)],
+                              capture_output=True, timeout=10)
         assert late.returncode != 0
         # ... but the open one keeps working until its peer releases it
         for ds in datasets[1:]:

@@ -26,3 +26,19 @@ def test_bad_input_is_one_error_line(argv: list[str], message: str, tmp_path: Pa
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0].getMessage()
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["bicubic", "Lanczos"])
+def test_export_model_refuses_a_built_in_name(name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A fine-tuned network exported as "bicubic" would be run and labelled as the bicubic baseline.
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"preset": {"arch": "realesrgan"}}))
+    with caplog.at_level(logging.ERROR):
+        rc = srnode(["export-model", "--run", str(run), "--dest", str(tmp_path / "out"), "--name", name])
+    assert rc == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "name of a built-in model" in errors[0], errors
+    assert not (tmp_path / "out").exists()

@@ -9,11 +9,13 @@ from sqlalchemy import select
 
 from dicom_node.admin.auth import Principal, require_admin, require_read
 from dicom_node.admin.context import ctx_of, log
+from dicom_node.admin.params import Offset, RowId
 from dicom_node.index.models import Audit, Job, JobState, Series, utcnow
 
 router = APIRouter(tags=["jobs"])
 
-RETRYABLE = (JobState.failed, JobState.cancelled)
+# done_with_errors too: a retry re-attempts only its failed slices (derived ones are skipped).
+RETRYABLE = (JobState.failed, JobState.cancelled, JobState.done_with_errors)
 CANCELLABLE = (JobState.queued, JobState.running)
 
 
@@ -54,7 +56,7 @@ def list_jobs(
     state: JobState | None = None,
     modality: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     _: Principal = Depends(require_read),
 ) -> list[dict[str, Any]]:
     """Jobs, newest first, optionally filtered by state and the source series' modality."""
@@ -78,7 +80,7 @@ def _load(session: Any, job_id: int) -> tuple[Job, Series]:
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+def get_job(job_id: RowId, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     """One job with progress and per-stage timings."""
     with ctx_of(request).sessions() as session:
         return job_view(*_load(session, job_id))
@@ -98,6 +100,7 @@ def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], ne
         if new is JobState.queued:
             # A queued job without a task id is what the pipeline's Dispatcher sends to the workers.
             job.error, job.task_id, job.heartbeat_at, job.finished_at = "", "", None, None
+            job.attempts = 0  # a fresh worker.max_retries budget
         else:
             job.finished_at = utcnow()
         session.add(Audit(actor=who.actor, action=f"job.{action}", detail=f"job {job_id}: {before} -> {new.value}"))
@@ -107,8 +110,8 @@ def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], ne
 
 
 @router.post("/jobs/{job_id}/retry")
-def retry_job(job_id: int, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
-    """Set a failed or cancelled job back to queued; the pipeline's dispatcher sends it to a worker.
+def retry_job(job_id: RowId, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
+    """Set a failed, cancelled or done_with_errors job back to queued; the dispatcher sends it to a worker.
 
     Slices already derived are kept (the worker resumes), so progress is not reset.
     """
@@ -122,6 +125,6 @@ def retry_job(job_id: int, request: Request, who: Principal = Depends(require_ad
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: int, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
+def cancel_job(job_id: RowId, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
     """Mark a queued or running job cancelled (the worker checks the row before each step)."""
     return _transition(request, job_id, CANCELLABLE, JobState.cancelled, who, "cancel")

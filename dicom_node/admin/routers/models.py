@@ -81,18 +81,62 @@ def get_model(name: str, request: Request, _: Principal = Depends(require_read))
         raise HTTPException(404, f"no model {name!r}") from None
 
 
+# One answer whether the file is missing, unreadable or outside the allowed folders: the API must
+# not tell an admin token holder which paths exist on the node.
+WEIGHTS_NOT_ALLOWED = "weights not found in an allowed model directory (models_dirs)"
+
+
+def confined_weights(weights: object, dirs: list[Path]) -> Path | None:
+    """The checkpoint file `weights` names inside one of `dirs`, symlinks resolved; else None.
+
+    A relative path is looked up in each directory in turn. Nothing outside `dirs` is touched
+    beyond resolving the path, so the answer says nothing about files elsewhere.
+    """
+    if not isinstance(weights, str) or not weights:
+        return None
+    raw = Path(weights)
+    for candidate in [raw] if raw.is_absolute() else [d / raw for d in dirs]:
+        real = candidate.resolve()
+        try:
+            if any(real.is_relative_to(d) for d in dirs) and real.is_file():
+                return real
+        except OSError:  # unreadable folder: the same neutral refusal
+            continue
+    return None
+
+
+def _verified_checkpoint(key: str, weights: Path, arch: str, sha256: str | None, scale: int) -> str:
+    """The sha256 of `weights` once it matches `sha256`, loads strictly as `arch` and is x`scale` (else 422)."""
+    from sr_engine.archs import file_sha256, load_checkpoint
+
+    try:
+        actual = file_sha256(weights)
+    except OSError:
+        raise bad_key(f"{key}.weights", WEIGHTS_NOT_ALLOWED) from None
+    if sha256 and sha256 != actual:
+        raise bad_key(f"{key}.sha256", f"the file's sha256 is {actual}, not {sha256}")
+    try:
+        descriptor = load_checkpoint(weights, expected_arch=arch, sha256=actual)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a refusal naming the file
+        raise bad_key(f"{key}.weights", str(exc)) from None
+    if descriptor.scale != scale:
+        raise bad_key(f"{key}.scale", f"the checkpoint is x{descriptor.scale}, not x{scale}")
+    return actual
+
+
 @router.post("/models")
 def add_model(
     request: Request,
     body: dict[str, Any] = Body(
         ...,
-        examples=[{"name": "ct-esrgan", "arch": "realesrgan", "weights": "/srv/models/ct.pth",
+        examples=[{"name": "ct-esrgan", "arch": "realesrgan", "weights": "/srv/srnode/models/ct.pth",
                    "sha256": "<64 hex>", "scale": 4, "description": "fine-tuned on chest CT"}],
     ),
     who: Principal = Depends(require_admin),
 ) -> dict[str, Any]:
-    """Register a checkpoint (a path on the node): verifies the file's sha256 and that it loads strictly."""
-    from sr_engine.archs import ARCHS, file_sha256, load_checkpoint
+    """Register a model: validated like a YAML `models:` entry; a network's checkpoint must lie in
+    `models_dirs`, and its sha256, strict load and scale are verified."""
+    from sr_engine.registry import INTERPOLATOR_ARCHS
 
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -101,22 +145,14 @@ def add_model(
     entry = {k: v for k, v in body.items() if k != "name"}
     ctx = ctx_of(request)
     models = ctx.live.current().model_dump(mode="json")["models"]
-    candidate = ctx.candidate("models", {**models, name: entry})  # schema check first
+    candidate = ctx.candidate("models", {**models, name: entry})  # schema, name and arch checks first
     spec = candidate.models[name]
-    if spec.arch not in ARCHS:
-        raise bad_key(f"{key}.arch", f"unknown architecture {spec.arch!r}; known: {', '.join(ARCHS)}")
-    if spec.weights is None or not Path(spec.weights).is_file():
-        raise bad_key(f"{key}.weights", f"checkpoint file not found on the node: {spec.weights}")
-    actual = file_sha256(spec.weights)
-    if spec.sha256 and spec.sha256 != actual:
-        raise bad_key(f"{key}.sha256", f"the file's sha256 is {actual}, not {spec.sha256}")
-    try:
-        descriptor = load_checkpoint(spec.weights, expected_arch=spec.arch, sha256=actual)
-    except Exception as exc:  # noqa: BLE001 - any load failure is a refusal naming the file
-        raise bad_key(f"{key}.weights", str(exc)) from None
-    if descriptor.scale != spec.scale:
-        raise bad_key(f"{key}.scale", f"the checkpoint is x{descriptor.scale}, not x{spec.scale}")
-    entry.update(sha256=actual, weights=str(spec.weights))
+    if spec.arch not in INTERPOLATOR_ARCHS:
+        weights = confined_weights(entry.get("weights"), candidate.models_dirs or [])
+        if weights is None:
+            raise bad_key(f"{key}.weights", WEIGHTS_NOT_ALLOWED)
+        sha = _verified_checkpoint(key, weights, spec.arch, spec.sha256, spec.scale)
+        entry.update(sha256=sha, weights=str(weights))
     cfg = ctx.change_section("models", {**models, name: entry}, who)
     return _describe(name, cfg, verify=True)
 

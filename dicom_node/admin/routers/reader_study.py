@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from dicom_node.admin.auth import Principal, _bearer, _principal, require_admin, require_read
 from dicom_node.admin.context import bad_key, ctx_of
+from dicom_node.admin.params import RowId
 from dicom_node.admin.render import window_png
 from dicom_node.reader_study import export, reading, results, service
 from dicom_node.reader_study.definition import WINDOWS, StudyDefinition
@@ -95,7 +96,7 @@ def _start(sessions: Any, cfg: Any, study_id: int) -> None:
 
 
 @router.post("/reader-studies/{study_id}/start")
-def restart(study_id: int, request: Request, _: Principal = Depends(require_admin)) -> dict[str, Any]:
+def restart(study_id: RowId, request: Request, _: Principal = Depends(require_admin)) -> dict[str, Any]:
     """Compute missing candidates again (after a failure, or a node restart while computing)."""
     ctx = ctx_of(request)
     _start(ctx.sessions, ctx.live.current(), study_id)
@@ -103,7 +104,7 @@ def restart(study_id: int, request: Request, _: Principal = Depends(require_admi
 
 
 @router.get("/reader-studies/{study_id}")
-def get_study(study_id: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+def get_study(study_id: RowId, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     """One study (admin view: includes the definition, hence the model names)."""
     try:
         return service.study_summary(ctx_of(request).sessions, study_id)[0]
@@ -112,7 +113,7 @@ def get_study(study_id: int, request: Request, _: Principal = Depends(require_re
 
 
 @router.post("/reader-studies/{study_id}/close")
-def close(study_id: int, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
+def close(study_id: RowId, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
     """Close the study: answers stop, model identities become visible to its readers."""
     ctx = ctx_of(request)
     try:
@@ -130,26 +131,26 @@ def _results(request: Request, study_id: int) -> dict[str, Any]:
 
 
 @router.get("/reader-studies/{study_id}/results")
-def study_results(study_id: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+def study_results(study_id: RowId, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     """Mean rank (or win rate) per model and scale, 95% bootstrap CIs, Kendall's W, PSNR/SSIM."""
     return _results(request, study_id)
 
 
 @router.get("/reader-studies/{study_id}/results.csv", response_class=Response)
-def results_csv(study_id: int, request: Request, _: Principal = Depends(require_read)) -> Response:
+def results_csv(study_id: RowId, request: Request, _: Principal = Depends(require_read)) -> Response:
     """The Table 5 style table as CSV."""
     return Response(export.results_csv(_results(request, study_id)), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="reader-study-{study_id}.csv"'})
 
 
 @router.get("/reader-studies/{study_id}/results.png", response_class=Response)
-def results_png(study_id: int, request: Request, _: Principal = Depends(require_read)) -> Response:
+def results_png(study_id: RowId, request: Request, _: Principal = Depends(require_read)) -> Response:
     """Chart of the mean ranks with their CIs."""
     return Response(export.results_png(_results(request, study_id)), media_type="image/png")
 
 
 @router.get("/reader-studies/{study_id}/answers.csv", response_class=Response)
-def answers_csv(study_id: int, request: Request, _: Principal = Depends(require_read)) -> Response:
+def answers_csv(study_id: RowId, request: Request, _: Principal = Depends(require_read)) -> Response:
     """Every submission (reader, time, display order, ranking): the audit trail of the study."""
     try:
         rows = results.answer_rows(ctx_of(request).sessions, study_id)
@@ -174,7 +175,8 @@ def my_studies(request: Request, who: Principal = Depends(require_reader)) -> li
 
 
 @router.get("/reading/{study_id}/cases/{position}")
-def case(study_id: int, position: int, request: Request, who: Principal = Depends(require_reader)) -> dict[str, Any]:
+def case(study_id: RowId, position: RowId, request: Request,
+         who: Principal = Depends(require_reader)) -> dict[str, Any]:
     """Case `position` of this reader's sequence: candidates as opaque ids labelled A, B, C..."""
     try:
         return reading.reader_case(ctx_of(request).sessions, study_id, who.fingerprint, position)
@@ -183,7 +185,7 @@ def case(study_id: int, position: int, request: Request, who: Principal = Depend
 
 
 @router.post("/reading/{study_id}/cases/{position}/answer")
-def answer(study_id: int, position: int, body: Answer, request: Request,
+def answer(study_id: RowId, position: RowId, body: Answer, request: Request,
            who: Principal = Depends(require_reader)) -> dict[str, Any]:
     """Store this reader's ranking of the case (kept with time and display order)."""
     try:
@@ -194,7 +196,7 @@ def answer(study_id: int, position: int, body: Answer, request: Request,
 
 
 @router.get("/reading/{study_id}/images/{oid}.png", response_class=Response)
-def image(study_id: int, oid: str, request: Request,
+def image(study_id: RowId, oid: str, request: Request,
           center: float | None = Query(None, description="window centre (HU for CT)"),
           width: float | None = Query(None, gt=0, description="window width"),
           preset: str | None = Query(None, description="lung | mediastinum | bone | brain"),

@@ -14,18 +14,19 @@ router = APIRouter(tags=["routing"])
 
 
 def check_rule_models(cfg: SRNodeConfig) -> None:
-    """Every rule that runs a model must name one the SR registry can resolve (else 422)."""
-    from sr_engine.interpolate import INTERPOLATORS
-    from sr_engine.registry import UnknownModelError, resolve
+    """Every rule that runs a network must have its weights configured (else 422).
+
+    Unknown models and scales a model cannot do were already refused by the config validation
+    (sr_engine.registry.config_errors), like in the YAML file; a network without weights is legal
+    in the file (weights may come later) but not as the model a rule switches to now.
+    """
+    from sr_engine.registry import INTERPOLATOR_ARCHS, resolve
 
     for i, rule in enumerate(cfg.routing):
         if rule.skip or not rule.model:
             continue
-        try:
-            spec = resolve(rule.model, cfg.models)
-        except UnknownModelError as exc:
-            raise bad_key(f"routing.{i}.model", str(exc)) from None
-        if spec.arch not in INTERPOLATORS and spec.weights is None:
+        spec = resolve(rule.model, cfg.models)
+        if spec.arch not in INTERPOLATOR_ARCHS and spec.weights is None:
             raise bad_key(f"routing.{i}.model", f"model {rule.model!r} has no weights configured")
 
 

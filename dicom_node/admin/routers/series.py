@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from dicom_node.admin.auth import Principal, require_read
 from dicom_node.admin.context import ctx_of
+from dicom_node.admin.params import Offset
 from dicom_node.admin.routers.jobs import job_view
 from dicom_node.index.models import Instance, Job, Series, SeriesState
 
@@ -44,7 +45,7 @@ def list_series(
     modality: str | None = None,
     derived: bool | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     _: Principal = Depends(require_read),
 ) -> list[dict[str, Any]]:
     """Series, most recently received first."""

@@ -10,7 +10,7 @@ from sqlalchemy import case, func, select
 
 from dicom_node.admin.auth import Principal, require_read
 from dicom_node.admin.context import ctx_of
-from dicom_node.index.models import Instance, Job, JobState, Outbox, OutboxState, Series, utcnow
+from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Outbox, OutboxState, Series, utcnow
 from dicom_node.metrics import IndexSnapshot
 
 router = APIRouter(tags=["dashboard"])
@@ -41,7 +41,7 @@ def index_snapshot(session: Any) -> IndexSnapshot:
     snap.jobs_by_state = {s.value: 0 for s in JobState}
     for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
         snap.jobs_by_state[state.value] = n
-    for (timings,) in session.execute(select(Job.timings).where(Job.state == JobState.done, Job.timings != "")):
+    for (timings,) in session.execute(select(Job.timings).where(Job.state.in_(FINISHED_STATES), Job.timings != "")):
         try:
             stages = json.loads(timings)
         except ValueError:
@@ -74,11 +74,11 @@ def stats(request: Request, _: Principal = Depends(require_read)) -> dict[str, A
         def count(q: Any) -> int:
             return int(session.execute(q).scalar() or 0)
 
-        done = select(func.count()).select_from(Job).where(Job.state == JobState.done)
+        done = select(func.count()).select_from(Job).where(Job.state.in_(FINISHED_STATES))
         received = select(func.count()).select_from(Instance).join(Series).where(Series.derived_from_job.is_(None))
         failed = session.execute(
             select(Job.id, Job.model, Job.error, Job.finished_at)
-            .where(Job.state == JobState.failed).order_by(Job.id.desc()).limit(5)
+            .where(Job.state.in_((JobState.failed, JobState.done_with_errors))).order_by(Job.id.desc()).limit(5)
         ).all()
         return {
             "queue": queue_depths(session),
@@ -92,6 +92,7 @@ def stats(request: Request, _: Principal = Depends(require_read)) -> dict[str, A
             },
             "failures": {
                 "jobs_failed": jobs[JobState.failed.value],
+                "jobs_done_with_errors": jobs[JobState.done_with_errors.value],
                 "outbox_failed": outbox[OutboxState.failed.value],
                 "recent": [
                     {"job": i, "model": m, "error": e[:300], "at": f.isoformat() if f else None}

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from dicom_node.admin.auth import Principal, require_read
 from dicom_node.admin.context import ctx_of
+from dicom_node.admin.params import Index, RowId
 from dicom_node.admin.render import default_window, load_values, window_png
 from dicom_node.derive.uids import derived_sop_uid
 from dicom_node.index.models import Instance, Job, Series
@@ -76,7 +77,7 @@ def _slice(storage: Path, inst: Instance, frame: int) -> tuple[np.ndarray, str, 
 
 
 @router.get("/jobs/{job_id}/slices")
-def job_slices(job_id: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+def job_slices(job_id: RowId, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     """The slice pairs of a finished job and a default display window."""
     job, pairs, storage = _job_pairs(request, job_id)
     window = None
@@ -99,7 +100,7 @@ def job_slices(job_id: int, request: Request, _: Principal = Depends(require_rea
 
 
 @router.get("/jobs/{job_id}/slices/{k}/psnr")
-def slice_psnr(job_id: int, k: int, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+def slice_psnr(job_id: RowId, k: Index, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     """LR-consistency PSNR: the derived slice degraded back by the job's scale vs the original."""
     import torch
 
@@ -124,8 +125,8 @@ def slice_psnr(job_id: int, k: int, request: Request, _: Principal = Depends(req
 
 @router.get("/jobs/{job_id}/slices/{k}/{which}.png", response_class=Response)
 def slice_png(
-    job_id: int,
-    k: int,
+    job_id: RowId,
+    k: Index,
     which: str,
     request: Request,
     center: float | None = Query(None, description="window centre in modality units (HU for CT)"),

@@ -19,7 +19,7 @@ export default async function dashboard(main) {
         kv("Throughput", s.throughput, "dash-throughput"),
         kv("Outbox", s.outbox, "dash-outbox")),
       h("section", { class: "card", testid: "dash-failures" },
-        h("h3", {}, `Failures: ${s.failures.jobs_failed} job(s), ${s.failures.outbox_failed} delivery(ies)`),
+        h("h3", {}, `Failures: ${s.failures.jobs_failed} job(s), ${s.failures.jobs_done_with_errors} job(s) with failed slices, ${s.failures.outbox_failed} delivery(ies)`),
         s.failures.recent.length
           ? h("ul", {}, s.failures.recent.map((f) => h("li", {},
               h("a", { href: `#/jobs` }, `job ${f.job}`), ` ${f.model} ${fmtTime(f.at)}: ${f.error}`)))

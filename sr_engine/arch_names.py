@@ -1,0 +1,6 @@
+"""The engine's architecture names, without importing torch (configuration checks use them)."""
+from __future__ import annotations
+
+INTERPOLATOR_ARCHS: tuple[str, ...] = ("bicubic", "lanczos")
+NETWORK_ARCHS: tuple[str, ...] = ("realesrgan", "bsrgan", "dpsr", "swinir", "hat")
+KNOWN_ARCHS: tuple[str, ...] = INTERPOLATOR_ARCHS + NETWORK_ARCHS
