@@ -31,6 +31,25 @@ def exit_when_parent_closes(fd: int) -> threading.Thread:
     return thread
 
 
+def stop_jobs_on_shutdown() -> None:
+    """On SIGTERM (and SIGINT/SIGQUIT) let running jobs stop after their current chunk and release
+    themselves, then Celery's warm shutdown proceeds as soon as the task returns.
+
+    Hooked on Celery's `worker_shutting_down` signal, which its own SIGTERM handler sends from the
+    main process: a plain signal.signal() here would be replaced when Celery installs its handlers.
+    With the solo pool the job runs in the main thread, so the handler runs between two bytecodes
+    of the job loop; it only sets a flag that the loop checks between chunks.
+    """
+    from celery.signals import worker_shutting_down
+
+    from workers.process import request_stop
+
+    def on_shutdown(**_: object) -> None:
+        request_stop()  # no logging in a signal handler (its lock may be held); the job logs its release
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker in the foreground: one model cache, one device, prefetch 1."""
     if args.parent_pipe is not None:
@@ -78,6 +97,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--pool", "solo" if concurrency == 1 else "threads", "--concurrency", str(concurrency),
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--prefetch-multiplier", "1",
     ]
+    stop_jobs_on_shutdown()
     app.worker_main(argv)
     return 0
 

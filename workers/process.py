@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
@@ -56,6 +56,22 @@ class TransientSliceError(Exception):
 # of memory for a moment. Per slice they make the job retry (only the slices not yet derived).
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     TransientSliceError, OperationalError, OSError, TimeoutError, RuntimeError)
+
+# Set when this worker process is asked to stop (SIGTERM: workers/cli.py). A running job stops
+# after the chunk being written is committed and is released (queued again at once), instead of
+# holding the worker until its last slice.
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Make every job of this process stop after its current chunk and release itself."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    """True once request_stop() was called in this process."""
+    return _STOP.is_set()
+
 
 # Quoted text in a message about a slice's data may be a dataset value (a name, an ID).
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -208,7 +224,8 @@ def _set_progress(factory: sessionmaker[Session], job_id: int, done: int) -> Job
 
 def run_job(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, device: str, task_id: str) -> str:
     """Process job `job_id` if it can be claimed; returns the job's final state ("done",
-    "done_with_errors", "failed", "cancelled") or "skipped".
+    "done_with_errors", "failed", "cancelled"), "released" (the worker is stopping: the job is
+    queued again) or "skipped".
 
     Raises TransientSliceError when slices failed with transient errors and attempts are left
     (the caller retries the job: only the slices not yet derived are done again)."""
@@ -295,11 +312,13 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
                disable=None)  # no bar when stderr is not a terminal (services, tests)
     # One writer thread: chunk k is derived, written and committed while chunk k+1 is inferred.
     # "write" counts only the time the loop waits for it, i.e. what it adds to the job's wall time.
-    cancelled = False
+    cancelled = stopping = False
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"srnode-write-{job_id}") as pool:
         pending: Future[JobState] | None = None
         # The trailing None waits for the last chunk's write.
         for chunk in chain(_chunks(todo, files, cfg.worker.batch_size, fail), [None]):
+            if chunk is not None and stop_requested():
+                chunk, stopping = None, True  # no new chunk; the one being written is committed
             batch: list[tuple[int, Dataset, np.ndarray]] = []
             if chunk is not None:
                 with timings.measure("read"):
@@ -316,10 +335,14 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
                 pending = pool.submit(writer.write, batch)
             if chunk is not None:
                 bar.update(len(chunk))
+            if stopping:
+                break
     bar.close()
     if cancelled:
         log.info("job #%d cancelled after %d of %d slices", job_id, writer.derived, total)
         return "cancelled"
+    if stopping:
+        return release_job(factory, job_id, writer.derived, total)
     timings.stages["write_busy"] = writer.busy_s
     if enhanced and writer.classic:
         with timings.measure("write"):
@@ -480,9 +503,31 @@ def fail_job(factory: sessionmaker[Session], job_id: int, error: str) -> None:
             job.fail(error)
 
 
+def release_job(factory: sessionmaker[Session], job_id: int, derived: int, total: int) -> str:
+    """The worker is stopping: the running job back to queued without a task at once, so the
+    node's dispatcher sends it to another worker now instead of after worker.heartbeat_timeout_s.
+    A release is not a failed attempt: the claim's +1 is taken back. Returns "released"."""
+    with session_scope(factory) as session:
+        released = session.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.running)
+            .values(state=JobState.queued, task_id="", heartbeat_at=None, task_due_at=None,
+                    attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0))).rowcount
+    if released:
+        log.warning("job #%d released at %d of %d slices: this worker is stopping; queued again", job_id,
+                    derived, total)
+    return "released"
+
+
+def retry_delay_s(attempts: int) -> int:
+    """Seconds before the retry after a transient error at attempt `attempts` (2^n, at most 300)."""
+    return min(300, 2 ** attempts)
+
+
 def retry_or_fail(factory: sessionmaker[Session], job_id: int, error: str, max_retries: int) -> int | None:
     """After a transient or unforeseen error: the running job back to queued for the task's retry
-    (returns its attempts so far), or failed with the error once it is out of attempts (None)."""
+    (returns its attempts so far; the retry is due after retry_delay_s, recorded on the row so the
+    dispatcher neither resends it before then nor leaves it waiting if the message is lost), or
+    failed with the error once it is out of attempts (None)."""
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
         if job is None or job.state != JobState.running:
@@ -491,4 +536,5 @@ def retry_or_fail(factory: sessionmaker[Session], job_id: int, error: str, max_r
             job.fail(f"gave up after {job.attempts - 1} retries: {error}")
             return None
         job.state, job.error, job.heartbeat_at = JobState.queued, f"retrying: {error}"[:4000], None
+        job.task_due_at = utcnow() + timedelta(seconds=retry_delay_s(job.attempts))
         return job.attempts

@@ -11,7 +11,8 @@ from config.schema import SRNodeConfig
 from sr_engine.archs import CheckpointError
 from sr_engine.registry import UnknownModelError
 from workers.app import TASK_PROCESS_JOB
-from workers.process import TRANSIENT_ERRORS, PermanentJobError, error_reason, fail_job, retry_or_fail, run_job
+from workers.process import (TRANSIENT_ERRORS, PermanentJobError, error_reason, fail_job, retry_delay_s, retry_or_fail,
+                             run_job)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             if attempts is None:
                 log.error("job #%d failed: %s", job, error_reason(exc), exc_info=unforeseen)
                 return "failed"
-            delay = min(300, 2 ** attempts)
+            delay = retry_delay_s(attempts)  # the same due time retry_or_fail recorded on the row
             log.warning("job #%d: %s error (%s); retry %d in %d s", job, "unexpected" if unforeseen else "transient",
                         error_reason(exc), attempts, delay, exc_info=unforeseen)
             raise self.retry(countdown=delay, exc=exc)

@@ -167,6 +167,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Refreshed by the worker running the job; a stale one means that worker died (requeue).
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # When the broker message in task_id is due to be taken: its send, or the end of a retry
+    # countdown. A job still queued a lease after that lost its message and is sent again.
+    task_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Per-stage seconds as JSON text, e.g. {"load": .., "infer": .., "write": ..}.
     timings: Mapped[str] = mapped_column(Text, default="")
     __table_args__ = (

@@ -28,8 +28,8 @@ class EmbeddedWorker:
         # the moment the node dies, however it dies (kill -9 included) and exits at once instead of
         # finishing its job as an orphan (a supervisor's restart would otherwise run two workers).
         # A pipe rather than PR_SET_PDEATHSIG: that fires when the *thread* that spawned the child
-        # exits (the watch thread restarts workers), and Celery turns its SIGTERM into a warm
-        # shutdown that waits for the whole job.
+        # exits (the watch thread restarts workers), and a SIGTERM is a warm shutdown that first
+        # finishes the chunk being upscaled.
         self._lifeline: int | None = None
 
     def start(self) -> None:

@@ -204,6 +204,11 @@ def test_jobs_filter_retry_cancel(client: TestClient, sessions: sessionmaker[Ses
     assert client.post(f"/api/jobs/{ct_job}/retry", headers=auth(READ)).status_code == 403
     r = client.post(f"/api/jobs/{ct_job}/retry", headers=auth(ADMIN))
     assert r.status_code == 200 and r.json()["state"] == "queued" and r.json()["error"] == ""
+    # A queued job's retry resends it (its broker message may be gone); a running one is refused.
+    r = client.post(f"/api/jobs/{ct_job}/retry", headers=auth(ADMIN))
+    assert r.status_code == 200 and r.json()["state"] == "queued"
+    with sessions() as session, session.begin():
+        session.get(Job, ct_job).state = JobState.running
     assert client.post(f"/api/jobs/{ct_job}/retry", headers=auth(ADMIN)).status_code == 409
     r = client.post(f"/api/jobs/{mr_job}/cancel", headers=auth(ADMIN))
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
@@ -211,7 +216,7 @@ def test_jobs_filter_retry_cancel(client: TestClient, sessions: sessionmaker[Ses
     with sessions() as session:
         assert session.get(Job, mr_job).state is JobState.cancelled
         actions = session.execute(select(Audit.action).order_by(Audit.id)).scalars().all()
-    assert actions == ["job.retry", "job.cancel"]
+    assert actions == ["job.retry", "job.retry", "job.cancel"]
 
 
 def test_retry_of_a_job_done_with_errors_starts_a_fresh_attempt_budget(

@@ -120,6 +120,20 @@ def test_kubernetes_manifests_validate(deploy: Path) -> None:
     assert cm == (deploy / "srnode.yaml").read_text()
 
 
+def test_redis_broker_persists_its_queue(deploy: Path) -> None:
+    """Issue 21: a Redis restarted without its data loses every queued message."""
+    by = {(d["kind"], d["metadata"]["name"]): d for d in _kustomize(deploy)}
+    pod = by[("Deployment", "redis")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--dir") + 1] == "/data"
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in by
+    redis = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]["redis"]
+    assert "--appendonly" in redis["command"] and any(v.endswith(":/data") for v in redis["volumes"])
+
+
 def test_kubernetes_validator_rejects_broken_manifest(deploy: Path) -> None:
     import kubernetes_validate
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from kombu import Connection, Consumer
+from sqlalchemy import select
 
 from config.loader import parse_config
 from config.schema import SendConfig
@@ -16,6 +17,7 @@ from dicom_node.index.migrate import upgrade
 from dicom_node.index.models import Job, JobState, Patient, Series, Study
 from dicom_node.outbox.queue import backoff_s
 from dicom_node.pipeline import Dispatcher
+from tests.pipeline.test_jobs import stored  # noqa: F401 - fixture
 from workers import model_cache
 from workers.app import make_celery, queue_name
 from workers.process import claim_job, utcnow
@@ -204,3 +206,115 @@ def test_redis_broker_takes_stat_before_routine(tmp_path: Path) -> None:
         assert got == [98, 99, 1, 2]
     finally:
         client.flushdb()
+
+
+# --- Issue 21: the reconciler (lost broker messages), duplicates, graceful release -------------
+
+def _queued_and_sent(cfg, factory, n: int = 1):  # type: ignore[no-untyped-def]
+    job_id = make_job(factory, n)
+    dispatcher = Dispatcher(cfg, factory, lease_s=60)
+    assert dispatcher.dispatch_pending() == 1
+    with factory() as s:
+        return dispatcher, job_id, s.get(Job, job_id).task_id
+
+
+def test_a_queued_job_whose_message_is_due_a_lease_ago_is_sent_again(cfg, factory) -> None:  # type: ignore[no-untyped-def]
+    dispatcher, job_id, first = _queued_and_sent(cfg, factory)
+    assert dispatcher.resend_queued("lease", lease_s=60) == 0  # just sent: its message is in the broker
+    with session_scope(factory) as s:
+        s.get(Job, job_id).task_due_at = utcnow() - timedelta(seconds=61)  # nobody took it for a lease
+    assert dispatcher.resend_queued("lease", lease_s=60) == 1
+    assert dispatcher.dispatch_pending() == 1
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.queued and job.task_id not in ("", first)
+
+
+def test_the_lease_does_not_resend_a_retry_before_its_countdown_is_due(cfg, factory) -> None:  # type: ignore[no-untyped-def]
+    from workers.process import retry_or_fail
+
+    job_id = make_job(factory)
+    assert claim_job(factory, job_id, "worker-task", heartbeat_timeout_s=1)
+    assert retry_or_fail(factory, job_id, "OSError: hiccup", max_retries=5) == 1  # retry due in 2 s
+    dispatcher = Dispatcher(cfg, factory, lease_s=0.5)
+    assert dispatcher.resend_queued("lease", lease_s=0.5) == 0  # the worker's countdown is still running
+    time.sleep(2.7)  # due (2 s) + the lease: the worker that held the countdown is presumed dead
+    assert dispatcher.resend_queued("lease", lease_s=0.5) == 1
+
+
+def test_a_resend_whose_old_message_survived_runs_the_job_once(cfg, factory) -> None:  # type: ignore[no-untyped-def]
+    """Duplicates are measured, not assumed: two real messages for one job; the claim drops the second."""
+    dispatcher, job_id, first = _queued_and_sent(cfg, factory)
+    assert dispatcher.resend_queued("the broker is reachable again") == 1  # the old message still exists
+    assert dispatcher.dispatch_pending() == 1
+    app = make_celery(cfg)
+    delivered: list[str] = []
+    with Connection(app.conf.broker_url, transport=app.conf.broker_transport) as conn:
+        def on_message(body, message):  # type: ignore[no-untyped-def]
+            delivered.append(message.headers["id"])
+            message.ack()
+
+        with Consumer(conn, queues=list(app.conf.task_queues), callbacks=[on_message], accept=["json"]):
+            deadline = time.monotonic() + 10
+            while len(delivered) < 2 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    pass
+    assert len(delivered) == 2 and first in delivered
+    claims = [claim_job(factory, job_id, task, heartbeat_timeout_s=60) for task in delivered]
+    assert claims == [True, False]  # the second delivery leaves while the first runs
+    with session_scope(factory) as s:
+        s.get(Job, job_id).state = JobState.done
+    assert not claim_job(factory, job_id, delivered[1], heartbeat_timeout_s=60)  # and after it finished
+
+
+def test_admin_retry_of_a_stuck_queued_job_sends_it_again(cfg, factory) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from config.live import LiveConfig
+    from dicom_node.admin import create_app
+
+    dispatcher, job_id, lost = _queued_and_sent(cfg, factory)
+    admin_cfg = parse_config({**cfg.model_dump(mode="json"), "admin": {"tokens": {"t" * 24: "admin"}}}, environ={})
+    client = TestClient(create_app(LiveConfig(admin_cfg, factory), factory, web_dir=None))
+    r = client.post(f"/api/jobs/{job_id}/retry", headers={"Authorization": f"Bearer {'t' * 24}"})
+    assert r.status_code == 200 and r.json()["state"] == "queued"
+    assert dispatcher.dispatch_pending() == 1
+    with factory() as s:
+        assert s.get(Job, job_id).task_id not in ("", lost)
+
+
+def test_a_stopping_worker_releases_its_job_after_the_chunk_being_written(tmp_path: Path, stored) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import event
+
+    from tests.pipeline.test_jobs import make_cfg
+    from dicom_node.pipeline import route_series
+    from workers import process
+
+    factory, series_pk, _ = stored
+    cfg = make_cfg(tmp_path, [{"match": {"modality": "CT"}, "model": "bicubic", "destinations": ["PACS"]}],
+                   worker={"batch_size": 1})
+    (job_id,) = route_series(cfg, factory, series_pk)
+
+    def sigterm_after_first_slice(session) -> None:  # type: ignore[no-untyped-def]
+        with factory.kw["bind"].connect() as conn:
+            if conn.execute(select(Job.progress_done).where(Job.id == job_id)).scalar_one() >= 1:
+                process.request_stop()  # what workers/cli.py does on SIGTERM
+
+    event.listen(factory, "after_commit", sigterm_after_first_slice)
+    try:
+        model_cache.clear()
+        assert process.run_job(cfg, factory, job_id, "cpu", "t1") == "released"
+    finally:
+        event.remove(factory, "after_commit", sigterm_after_first_slice)
+        process._STOP.clear()
+    with factory() as s:
+        job = s.get(Job, job_id)
+        # Queued again at once, no task (the dispatcher sends it now), and not a failed attempt.
+        assert (job.state, job.task_id, job.attempts, job.heartbeat_at) == (JobState.queued, "", 0, None)
+        assert job.progress_done == 2 and job.progress_total == 3  # the chunk in the writer was committed
+    assert process.run_job(cfg, factory, job_id, "cpu", "t2") == "done"  # another worker resumes
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert job.progress_done == 3 and job.attempts == 1

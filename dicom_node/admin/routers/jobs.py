@@ -15,7 +15,9 @@ from dicom_node.index.models import Audit, Job, JobState, Series, utcnow
 router = APIRouter(tags=["jobs"])
 
 # done_with_errors too: a retry re-attempts only its failed slices (derived ones are skipped).
-RETRYABLE = (JobState.failed, JobState.cancelled, JobState.done_with_errors)
+# queued too: a job stuck behind a lost broker message is sent again (a surviving copy is harmless:
+# the worker's claim is atomic).
+RETRYABLE = (JobState.failed, JobState.cancelled, JobState.done_with_errors, JobState.queued)
 CANCELLABLE = (JobState.queued, JobState.running)
 
 
@@ -100,6 +102,7 @@ def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], ne
         if new is JobState.queued:
             # A queued job without a task id is what the pipeline's Dispatcher sends to the workers.
             job.error, job.task_id, job.heartbeat_at, job.finished_at = "", "", None, None
+            job.task_due_at = None  # now, even if a retry countdown was pending
             job.attempts = 0  # a fresh worker.max_retries budget
         else:
             job.finished_at = utcnow()
@@ -111,7 +114,8 @@ def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], ne
 
 @router.post("/jobs/{job_id}/retry")
 def retry_job(job_id: RowId, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
-    """Set a failed, cancelled or done_with_errors job back to queued; the dispatcher sends it to a worker.
+    """Set a failed, cancelled, done_with_errors or queued job to queued without a task; the dispatcher
+    sends it to a worker (for a queued one: again, in case its broker message was lost).
 
     Slices already derived are kept (the worker resumes), so progress is not reset.
     """
