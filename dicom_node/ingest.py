@@ -13,7 +13,15 @@ Policies (see docs/storage.md):
   stability timer, whatever its state: the stable hook then fires again and routing (which is
   idempotent) decides whether there is anything new to do.
 - Objects without pixel data (SR, RTSTRUCT, presentation states, ...) are stored and indexed with
-  is_image=False; assembly never hands a series without images to the next stage.
+  is_image=False; assembly never hands a series without images to the next stage. An image
+  storage SOP class without pixel data is refused (a truncated image, not a non-image object).
+- Receive-time validation (`parse_header`, `validate_instance`) follows docs/storage.md, "Bad input".
+
+PHI: pydicom reports odd values through `warnings.warn` as well as logging, quoting the raw bytes
+(a corrupt length field makes them include the patient's name and ID). Importing this module turns
+off pydicom's value validation on reading (the main source) and routes every warning through
+logging (`logging.captureWarnings`), where `_QuietWhileParsing` drops whatever pydicom says while a
+received dataset is parsed in that thread: the node logs one line per refusal, without values.
 """
 from __future__ import annotations
 
@@ -27,14 +35,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.encaps import parse_fragments
 from pydicom.filewriter import dcmwrite
+from pydicom.pixels.utils import get_expected_length
+from pydicom.tag import Tag
 from pydicom.uid import UID
+from pydicom.valuerep import VR
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,6 +60,7 @@ from dicom_node.storage import (
     fsync_dir,
     instance_rel_path,
     resolve_in,
+    uid_for_log,
     validate_uid,
 )
 
@@ -63,9 +77,45 @@ class _QuietWhileParsing(logging.Filter):
         return not getattr(_parsing, "active", False)
 
 
-logging.getLogger("pydicom").addFilter(_QuietWhileParsing())
+def quiet_library_warnings() -> None:
+    """Keep received values out of pydicom's warnings, process-wide (idempotent; see module doc).
+
+    `warnings.catch_warnings` would be the obvious tool but is not thread-safe (associations run
+    in threads), hence a process-wide logging route plus a per-thread filter.
+    """
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    logging.captureWarnings(True)
+    for name in ("pydicom", "py.warnings"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietWhileParsing) for f in logger.filters):
+            logger.addFilter(_QuietWhileParsing())
+
+
+quiet_library_warnings()
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+# Bits Allocated the standard allows: 1 or a multiple of 8 in general (PS3.3 C.7.6.3.1; 1..64 in
+# practice), exactly 16 for CT and MR images (C.8.2.1.1.4, C.8.3.1.1.4, C.8.15.3.x), 32 for Float and
+# 64 for Double Float Pixel Data (C.7.6.3.1.1).
+_BITS_ALLOWED = frozenset({1, 8, 16, 32, 64})
+_BITS_BY_SOP_CLASS = {
+    "1.2.840.10008.5.1.4.1.1.2": frozenset({16}),  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1": frozenset({16}),  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4": frozenset({16}),  # MR Image Storage
+}
+_BITS_BY_PIXEL_TAG = {0x7FE00008: frozenset({32}), 0x7FE00009: frozenset({64})}
+_KNOWN_VRS = frozenset(v.value for v in VR)
+# Elements the index reads (`instance_values`, `index_instance`) or validation needs. They are
+# decoded while the parse is quiet, in the receiving thread: the index runs in the group-commit
+# thread, where a late decode could otherwise fail (0x0110) or warn with the raw bytes.
+_DECODED_AT_RECEIVE = (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "SpecificCharacterSet",
+    "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName",
+    "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined", "InstanceNumber",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceLocation",
+    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+)
 
 
 class RejectedInstance(ValueError):
@@ -90,6 +140,12 @@ class BadUID(RejectedInstance):
     """A UID that cannot be used (invalid per PS3.5; could otherwise name a path)."""
 
     status = 0xC003
+
+
+class SOPClassMismatch(RejectedInstance):
+    """No SOP Class UID, or not the one of the presentation context / C-STORE request."""
+
+    status = 0xA900  # Error: data set does not match SOP class
 
 
 @dataclass(frozen=True)
@@ -325,53 +381,149 @@ def index_instance(
     return instance
 
 
-def _expected_native_bytes(ds: Dataset) -> int | None:
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    bits = _int(ds, "BitsAllocated")
-    if not rows or not cols or not bits:
-        return None
-    spp = _int(ds, "SamplesPerPixel") or 1
-    frames = _int(ds, "NumberOfFrames") or 1
-    return (rows * cols * spp * frames * bits + 7) // 8
+def parse_header(data: bytes, expected_sop_class_uid: str | None = None) -> Dataset:
+    """Parse a DICOM Part 10 byte string far enough to index it, and validate it.
 
-
-def parse_header(data: bytes) -> Dataset:
-    """Parse a DICOM Part 10 byte string far enough to index and validate it (large values skipped).
-
-    Raises MalformedDataset for truncated/undecodable input or missing/short pixel data.
+    Raises a RejectedInstance (see `validate_instance`): MalformedDataset for truncated or
+    undecodable input, SOPClassMismatch, or MalformedDataset for bad image attributes/pixel data.
     """
+    ds = _decode_quietly(data)
+    validate_instance(ds, expected_sop_class_uid)
+    return ds
+
+
+def _decode_quietly(data: bytes) -> Dataset:
     _parsing.active = True
+    step = "dataset"
     try:
-        # A full parse of a 0.5 MB CT takes < 1 ms: elements stay raw until used.
+        # A full parse of a 0.5 MB CT takes ~1 ms: elements stay raw until used.
         ds = dcmread(io.BytesIO(data), force=False)
-        tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
-        # Touch the indexed elements now: a truncated header fails here, not later.
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-            ds.get(kw)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError, AttributeError, IndexError) as exc:
-        raise MalformedDataset(f"undecodable dataset ({type(exc).__name__}: {str(exc)[:120]})") from None
+        ds.file_meta.get("TransferSyntaxUID")
+        unknown = _unknown_vr(ds)
+        if unknown:
+            raise MalformedDataset(unknown)
+        for step in _DECODED_AT_RECEIVE:
+            str(ds.get(step))  # str(): a person name decodes its bytes only when read
+    except RejectedInstance:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed dataset, never a crash
-        raise MalformedDataset(f"undecodable dataset ({type(exc).__name__}: {str(exc)[:120]})") from None
+        # Parser messages may quote the received bytes (PHI): name the element and the error type only.
+        raise MalformedDataset(f"undecodable {step} ({type(exc).__name__})") from None
     finally:
         _parsing.active = False
-    pixel_tag = next((t for t in PIXEL_TAGS if t in ds), None)
-    if pixel_tag is not None:
-        raw = ds.get_item(pixel_tag)
-        value = getattr(raw, "value", None)
-        length = getattr(raw, "length", None)
-        got = len(value) if isinstance(value, (bytes, bytearray)) else None
-        undefined = length == 0xFFFFFFFF
-        if got is not None and length is not None and not undefined and got < length:
-            raise MalformedDataset(f"truncated: pixel data element declares {length} bytes, {got} received")
-        if got == 0:
-            raise MalformedDataset("empty pixel data")
-        if not tsyntax.is_compressed and pixel_tag == 0x7FE00010 and got is not None:
-            expected = _expected_native_bytes(ds)
-            if expected is not None and got < expected:
-                raise MalformedDataset(f"short pixel data: {got} bytes, {expected} expected from Rows/Columns/BitsAllocated")
-    elif _int(ds, "Rows") and _int(ds, "Columns") and _int(ds, "BitsAllocated"):
-        raise MalformedDataset("missing pixel data (Rows/Columns/BitsAllocated present, no Pixel Data)")
     return ds
+
+
+def _unknown_vr(ds: Dataset) -> str | None:
+    """Name the first top-level element whose explicit VR pydicom cannot decode (it would fail later)."""
+    for tag in ds.keys():
+        vr = getattr(ds.get_item(tag), "VR", None)
+        if vr is not None and vr not in _KNOWN_VRS:
+            shown = vr if isinstance(vr, str) and vr.isascii() and vr.isalpha() else "?"
+            return f"unknown VR {shown!r} in {Tag(tag)}"
+    return None
+
+
+@lru_cache(maxsize=512)
+def requires_pixel_data(sop_class_uid: str) -> bool:
+    """True for image storage SOP classes ("... Image Storage"): without pixel data they are broken images."""
+    return "Image Storage" in UID(sop_class_uid).name
+
+
+def validate_instance(ds: Dataset, expected_sop_class_uid: str | None = None) -> None:
+    """Refuse what docs/storage.md ("Bad input") refuses; checks run in that order, the first decides.
+
+    `expected_sop_class_uid`: the presentation context's abstract syntax (C-STORE), or None for
+    the node's own producers.
+    """
+    sop_class = _check_sop_class(ds, expected_sop_class_uid)
+    pixel_tag = next((t for t in PIXEL_TAGS if t in ds), None)
+    if pixel_tag is None:
+        if requires_pixel_data(sop_class):
+            raise MalformedDataset(f"missing pixel data ({UID(sop_class).name} is an image SOP class)")
+        if _int(ds, "Rows") and _int(ds, "Columns") and _int(ds, "BitsAllocated"):
+            raise MalformedDataset("missing pixel data (Rows/Columns/BitsAllocated present, no Pixel Data)")
+        return
+    _check_image_attributes(ds, sop_class, pixel_tag)
+    _check_pixel_data(ds, pixel_tag)
+
+
+def _check_sop_class(ds: Dataset, expected: str | None) -> str:
+    value = ds.get("SOPClassUID")
+    sop_class = value.rstrip("\x00 ") if isinstance(value, str) else ""
+    if not sop_class:
+        raise SOPClassMismatch("no single SOP Class UID in the dataset")
+    if expected is not None and sop_class != str(expected).rstrip("\x00 "):
+        raise SOPClassMismatch(f"dataset's SOP Class UID {uid_for_log(sop_class)} does not match the "
+                               f"presentation context's ({UID(str(expected)).name})")
+    try:
+        return validate_uid(sop_class, "SOPClassUID")
+    except InvalidUID as exc:
+        raise BadUID(str(exc)) from None
+
+
+def _single_us(ds: Dataset, keyword: str) -> int | None:
+    """The value of a one-valued US element (None if absent or of another VR, e.g. DS or SQ)."""
+    elem = ds[keyword] if keyword in ds else None
+    if elem is None or elem.VR != "US" or isinstance(elem.value, bool) or not isinstance(elem.value, int):
+        return None
+    return int(elem.value)
+
+
+def _check_image_attributes(ds: Dataset, sop_class: str, pixel_tag: int) -> None:
+    for keyword in ("Rows", "Columns", "SamplesPerPixel"):
+        value = _single_us(ds, keyword)
+        if value is None or value < 1:
+            raise MalformedDataset(f"{keyword} must be one US value > 0")
+    if not str(ds.get("PhotometricInterpretation") or "").strip():
+        raise MalformedDataset("no PhotometricInterpretation")
+    allowed = _BITS_BY_PIXEL_TAG.get(pixel_tag) or _BITS_BY_SOP_CLASS.get(sop_class, _BITS_ALLOWED)
+    if _single_us(ds, "BitsAllocated") not in allowed:
+        raise MalformedDataset(f"BitsAllocated must be one US value in {sorted(allowed)} for {UID(sop_class).name}")
+    frames = ds.get("NumberOfFrames")
+    if frames not in (None, "") and (not isinstance(frames, int) or int(frames) < 1):
+        raise MalformedDataset("NumberOfFrames must be one integer >= 1")
+
+
+def _check_pixel_data(ds: Dataset, pixel_tag: int) -> None:
+    raw = ds.get_item(pixel_tag)
+    value = getattr(raw, "value", None)
+    length = getattr(raw, "length", None)
+    if not isinstance(value, (bytes, bytearray)):
+        raise MalformedDataset("undecodable pixel data element")
+    got = len(value)
+    undefined = length == 0xFFFFFFFF
+    if length is not None and not undefined and got < length:
+        raise MalformedDataset(f"truncated: pixel data element declares {length} bytes, {got} received")
+    if got == 0:
+        raise MalformedDataset("empty pixel data")
+    encapsulated = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))).is_encapsulated
+    if undefined != (encapsulated and pixel_tag == 0x7FE00010):
+        raise MalformedDataset("pixel data encoding (encapsulated or native) does not match the transfer syntax")
+    if encapsulated:
+        if not _has_fragment_data(value):
+            raise MalformedDataset("encapsulated pixel data without a non-empty fragment")
+        return
+    expected = get_expected_length(ds, "bytes")
+    if got < expected:
+        raise MalformedDataset(f"short pixel data: {got} bytes, {expected} expected from Rows/Columns/BitsAllocated")
+    # Longer is accepted: real files carry trailing padding (pydicom's MR_small_padded.dcm) and
+    # readers ignore the excess; refusing them would bounce instances a PACS stores.
+
+
+def _has_fragment_data(value: bytes | bytearray) -> bool:
+    """True if encapsulated pixel data holds fragments, all complete, at least one non-empty."""
+    # Items: (FFFE,E000) tag + 4-byte length; the first one is the Basic Offset Table.
+    if len(value) < 8 or value[:4] != b"\xfe\xff\x00\xe0":
+        return False
+    buf = io.BytesIO(value)
+    buf.seek(8 + int.from_bytes(value[4:8], "little"))
+    try:
+        _, offsets = parse_fragments(buf)  # absolute offsets into `value`
+    except ValueError:
+        return False
+    lengths = [(o, int.from_bytes(value[o + 4:o + 8], "little")) for o in offsets]
+    return any(n > 0 for _, n in lengths) and all(o + 8 + n <= len(value) for o, n in lengths)
 
 
 def _commit_with_retry(factory: sessionmaker[Session], work: Any, attempts: int = 5) -> Any:
@@ -414,8 +566,8 @@ class _Checked:
 
 
 def _check(factory: sessionmaker[Session], storage_dir: Path, data: bytes,
-           expected_sop_instance_uid: str | None = None) -> _Checked:
-    ds = parse_header(data)
+           expected_sop_instance_uid: str | None = None, expected_sop_class_uid: str | None = None) -> _Checked:
+    ds = parse_header(data, expected_sop_class_uid)
     try:
         study = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
@@ -453,13 +605,15 @@ def store_encoded(
     sender_ae: str,
     expected_sop_instance_uid: str | None = None,
     derived_from_job: int | None = None,
+    expected_sop_class_uid: str | None = None,
 ) -> StoreResult:
     """Validate, write (atomic, fsynced) and index a Part 10 byte string; return what was done.
 
-    Raises a RejectedInstance subclass (with a DIMSE status) for anything refused; nothing is
-    left on disk or in the index for a refused instance.
+    `expected_sop_class_uid`: the presentation context's abstract syntax (a C-STORE's dataset must
+    be of that class). Raises a RejectedInstance subclass (with a DIMSE status) for anything
+    refused; nothing is left on disk or in the index for a refused instance.
     """
-    item = _check(factory, storage_dir, data, expected_sop_instance_uid)
+    item = _check(factory, storage_dir, data, expected_sop_instance_uid, expected_sop_class_uid)
     existed = item.target.exists()
     size = atomic_write(item.target, data, root=storage_dir)  # `target` is already resolved inside storage_dir
 

@@ -2,17 +2,31 @@
 
 Only validated UIDs ever become path components, so nothing a peer sends can name a file
 outside `node.storage_dir`. Layout: `<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`.
+A write goes through `.tmp-<host>-<pid>-<random>.part` in the target directory; what a crash left
+behind is removed by `remove_stale_temp_files` when a node starts.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".part"
+# A temp file of another host (or of the old, unnamed form) is only removed once it is this old:
+# a live write touches its file continuously and takes well under a second.
+STALE_TEMP_AGE_S = 600.0
+
 # PS3.5 9.1: components of digits separated by dots, no leading zero unless the component is "0".
 _UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_UID_CHARS_RE = re.compile(r"[0-9.]*")
 UID_MAX_LEN = 64
 
 
@@ -29,12 +43,23 @@ def is_valid_uid(uid: object) -> bool:
     return isinstance(uid, str) and 0 < len(uid) <= UID_MAX_LEN and _UID_RE.fullmatch(uid) is not None
 
 
+def uid_for_log(uid: object) -> str:
+    """`uid` for a log line: quoted if it is only digits and dots, else its length only.
+
+    A corrupt length field makes a "UID" swallow the elements after it, patient name and ID
+    included; those bytes must never reach a log.
+    """
+    text = uid.rstrip("\x00 ") if isinstance(uid, str) else None
+    if text is not None and _UID_CHARS_RE.fullmatch(text):
+        return repr(text[:80])
+    return f"<{len(text)} characters, not digits and dots>" if text is not None else f"<{type(uid).__name__}>"
+
+
 def validate_uid(uid: object, what: str = "UID") -> str:
     """Return `uid` (trailing NUL/space padding removed) or raise InvalidUID naming `what`."""
     value = uid.rstrip("\x00 ") if isinstance(uid, str) else uid
     if not is_valid_uid(value):
-        shown = repr(uid)[:80]
-        raise InvalidUID(f"{what} {shown} is not a valid DICOM UID")
+        raise InvalidUID(f"{what} {uid_for_log(uid)} is not a valid DICOM UID")
     return value  # type: ignore[return-value]
 
 
@@ -97,7 +122,7 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
     target = Path(target)
     _makedirs_durable(target.parent, Path(root).resolve() if root else target.parent)
     replacing = target.exists()
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(), suffix=TEMP_SUFFIX, dir=target.parent)
     size = 0
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -121,6 +146,61 @@ def atomic_write(target: Path, chunks: bytes | Iterable[bytes], root: Path | Non
     if sync_dir:
         fsync_dir(target.parent)
     return size
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _temp_prefix() -> str:
+    # Host and pid in the name let a starting node tell its own crashed writes from live ones.
+    return f"{TEMP_PREFIX}{_host_tag()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid this code wrote; keep the file (age rule only)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _writer_gone(name: str, host: str) -> bool:
+    """True if temp file `name` was written by a process of this host that no longer runs."""
+    parts = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def remove_stale_temp_files(storage_dir: Path, max_age_s: float = STALE_TEMP_AGE_S) -> int:
+    """Remove temporary files that interrupted writes left under `storage_dir`; return how many.
+
+    Call it when a node starts, before it listens. A temp file goes if its writer (host and pid
+    in its name) is a process of this host that no longer runs, or if it is older than
+    `max_age_s` (written by another host sharing the storage, or named the old way). Stored
+    instances (`*.dcm`) are never touched, nor is a temp file a live process may still rename.
+    """
+    host, now, removed = _host_tag(), time.time(), 0
+    for dirpath, _, names in os.walk(storage_dir):
+        for name in names:
+            if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                if _writer_gone(name, host) or now - os.lstat(path).st_mtime > max_age_s:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # renamed into place or removed by its writer meanwhile
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes under the storage directory", removed)
+    return removed
 
 
 def move_into_place(source: Path, target: Path, root: Path | None = None) -> int:
