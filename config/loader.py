@@ -92,6 +92,61 @@ def _check_models(cfg: SRNodeConfig) -> None:
         raise _errors(found)
 
 
+# File systems that other hosts can mount too (fuse.* covers sshfs, s3fs, glusterfs clients...).
+SHARED_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs",
+                                 "beegfs", "ocfs2", "gfs2", "9p", "virtiofs"})
+# Below this a live worker in a long CUDA call or a swap storm loses its job to another worker.
+MIN_HEARTBEAT_TIMEOUT_S = 10.0
+
+
+def file_system_type(path: Path, mounts: Path = Path("/proc/self/mounts")) -> str | None:
+    """The type of the file system holding `path` (its deepest existing folder), None if unknown."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        lines = mounts.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None  # not Linux: no warning rather than a wrong one
+    real, best = str(path.resolve()), ("", None)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    return best[1]
+
+
+def deployment_warnings(cfg: SRNodeConfig) -> list[tuple[str, str]]:
+    """(key, why) for settings that validate but may not work together: shown by `srnode config
+    check` and logged when the node starts. docs/pipeline.md, "Deployment checks"."""
+    found: list[tuple[str, str]] = []
+    if cfg.broker_url is None:
+        if not cfg.worker.embedded:
+            found.append(("worker.embedded", "false without broker_url: this node runs no worker, and only an "
+                          "`srnode worker` on this host with this configuration can take its jobs"))
+        return found
+    if not cfg.worker.embedded:
+        found.append(("worker.embedded", "false with broker_url: this node runs no worker; jobs wait in the broker "
+                      "until an `srnode worker` takes them (the node logs it, and /readyz shows it, when queued "
+                      "jobs find no healthy worker)"))
+    if cfg.node.database_url.startswith("sqlite"):
+        found.append(("node.database_url", "SQLite with broker_url: workers on other hosts cannot share an SQLite "
+                      "index (its locking is unsafe over a network file system); keep every worker on this host "
+                      "or use postgresql://"))
+    fs_type = file_system_type(Path(cfg.node.storage_dir))
+    if fs_type is not None and fs_type not in SHARED_FILE_SYSTEMS and not fs_type.startswith("fuse"):
+        found.append(("node.storage_dir", f"on a local file system ({fs_type}): workers on other hosts need this "
+                      "folder mounted at the same path (NFS, CephFS...), or they refuse jobs"))
+    if cfg.worker.heartbeat_timeout_s < MIN_HEARTBEAT_TIMEOUT_S:
+        found.append(("worker.heartbeat_timeout_s", f"{cfg.worker.heartbeat_timeout_s:g} s: a live worker that "
+                      "stalls this long (a slow slice, swapping, a network hiccup) has its job taken by another; "
+                      f"use at least {MIN_HEARTBEAT_TIMEOUT_S:g} s (docs/pipeline.md, sizing)"))
+    return found
+
+
 def parse_config(
     data: Mapping[str, Any] | None,
     base_dir: Path | None = None,

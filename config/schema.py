@@ -63,6 +63,9 @@ class PeerConfig(_Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: bool = False
+    # Before sending again an instance whose C-STORE response never arrived (crash, broken
+    # association), ask the peer by C-FIND whether it has it. Peers without C-FIND get it again.
+    confirm_in_doubt: bool = True
 
 
 class SeriesConfig(_Strict):
@@ -172,6 +175,9 @@ class SendConfig(_Strict):
     max_attempts: int = Field(0, ge=0)  # 0 = retry until delivered
     backoff_initial_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
+    # Associations the outbox opens at once to one destination, each sending its own share of the
+    # rows (row id modulo this). Default measured: BENCHMARKS.md, "Outbox".
+    associations_per_destination: int = Field(2, ge=1, le=16)
 
 
 class QueryRetrieveConfig(_Strict):

@@ -7,14 +7,18 @@ import signal
 import sys
 import threading
 
-from config.loader import load_config
+from config.loader import deployment_warnings, load_config
 
 log = logging.getLogger("srnode")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Print OK, or the offending keys and why; exit code 1 on error."""
-    load_config(args.file)  # a ConfigError is reported by the CLI (dicom_node.cli.run_command)
+    """Print OK, or the offending keys and why; exit code 1 on error. Settings that validate but
+    may not work together (a broker without a worker, SQLite with remote workers...) are printed
+    as `warning: key: why` lines before OK."""
+    cfg = load_config(args.file)  # a ConfigError is reported by the CLI (dicom_node.cli.run_command)
+    for key, why in deployment_warnings(cfg):
+        print(f"warning: {key}: {why}")
     print("OK")
     return 0
 

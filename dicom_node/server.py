@@ -34,6 +34,8 @@ from dicom_node.handlers import NodeContext, collect
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.migrate import upgrade
 from dicom_node.listener import spawn_listeners, start_listener, stop_listeners
+from dicom_node.storage import remove_stale_temp_files
+from dicom_node.storage_identity import write_storage_marker
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,11 @@ class NodeServer:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if not self.listener_only:
             upgrade(self.cfg.node.database_url, self.engine)
+            write_storage_marker(self.storage_dir, self.session_factory)  # what workers check: workers/health.py
+            # Temp files a crash left mid-write; a walk of the whole archive, so in the background
+            # (files this process is writing meanwhile carry its live pid and are kept).
+            threading.Thread(target=remove_stale_temp_files, args=(self.storage_dir,), name="srnode-temp-sweep",
+                             daemon=True).start()
         handlers, contexts = collect(self.context, self.handler_modules)
         self.ae = build_ae(self.cfg, contexts)
         # Import the services (the pipeline pulls in torch, Celery) before listening: an import

@@ -61,6 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.app import make_celery, queues_for, routed_models, rule_models
     from sr_engine.device import pick_device
     from workers.device import limit_cpu_threads
+    from workers.health import WorkerHealth, WorkerIdentity, broker_problem
     from workers.model_cache import preload
     from workers.tasks import WorkerRuntime, register_tasks
 
@@ -77,14 +78,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = make_celery(cfg, models)
     # Model entries added or changed by an admin (stored in the index) apply to the next job.
     live_cfg = LiveConfig(cfg, factory).view()
-    register_tasks(app, WorkerRuntime(cfg=live_cfg, factory=factory, device=device))
+    name = f"srnode-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
+    health = WorkerHealth(live_cfg, factory, WorkerIdentity(name, socket.gethostname(), os.getpid(), device, models),
+                          broker=(lambda: broker_problem(app)) if cfg.broker_url else None)
+    register_tasks(app, WorkerRuntime(cfg=live_cfg, factory=factory, device=device, health=health))
     queues = queues_for(models)
     # Models the routing rules use now are loaded while the worker connects (configured but
     # unrouted models load on their first job).
     routed_now = set(rule_models(cfg))
     preload(live_cfg, [m for m in models if m in routed_now], device)
     concurrency = args.concurrency or cfg.worker.concurrency
-    name = f"srnode-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
+    # A worker that fails a check (storage not the node's, database, broker, model files) consumes
+    # no queue until it passes: the jobs stay with the workers that can run them.
+    health.start()
+    health.wait_until_ok()
     log.info("worker %s on %s consuming %s", name, device, ", ".join(queues))
     if args.metrics_port:
         from dicom_node.metrics import serve_http  # this worker's own /metrics (GPU memory)
@@ -98,7 +105,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--prefetch-multiplier", "1",
     ]
     stop_jobs_on_shutdown()
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        health.stop()
     return 0
 
 

@@ -523,11 +523,13 @@ def retry_delay_s(attempts: int) -> int:
     return min(300, 2 ** attempts)
 
 
-def retry_or_fail(factory: sessionmaker[Session], job_id: int, error: str, max_retries: int) -> int | None:
+def retry_or_fail(factory: sessionmaker[Session], job_id: int, error: str, max_retries: int,
+                  worker: str = "") -> int | None:
     """After a transient or unforeseen error: the running job back to queued for the task's retry
     (returns its attempts so far; the retry is due after retry_delay_s, recorded on the row so the
     dispatcher neither resends it before then nor leaves it waiting if the message is lost), or
-    failed with the error once it is out of attempts (None)."""
+    failed with the error once it is out of attempts (None). `worker` (this worker's name) is kept
+    as job.last_failed_worker: the retry prefers another worker (workers/health.py)."""
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
         if job is None or job.state != JobState.running:
@@ -537,4 +539,5 @@ def retry_or_fail(factory: sessionmaker[Session], job_id: int, error: str, max_r
             return None
         job.state, job.error, job.heartbeat_at = JobState.queued, f"retrying: {error}"[:4000], None
         job.task_due_at = utcnow() + timedelta(seconds=retry_delay_s(job.attempts))
+        job.last_failed_worker = worker[:255]
         return job.attempts

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from celery import Celery
@@ -11,6 +12,7 @@ from config.schema import SRNodeConfig
 from sr_engine.archs import CheckpointError
 from sr_engine.registry import UnknownModelError
 from workers.app import TASK_PROCESS_JOB
+from workers.health import HAND_BACK_DELAY_S, WorkerHealth
 from workers.process import (TRANSIENT_ERRORS, PermanentJobError, error_reason, fail_job, retry_delay_s, retry_or_fail,
                              run_job)
 
@@ -27,6 +29,13 @@ class WorkerRuntime:
     cfg: SRNodeConfig
     factory: sessionmaker[Session]
     device: str
+    # None: no checks (tests that drive the task in-process); `srnode worker` always has one.
+    health: WorkerHealth | None = None
+
+    @property
+    def name(self) -> str:
+        """This worker's name (job.last_failed_worker), "" without health checks."""
+        return self.health.identity.name if self.health is not None else ""
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
@@ -43,6 +52,14 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
         of a dead worker's job), not by Celery: after 1 + worker.max_retries the job fails.
         """
         job = int(job_id)
+        why = runtime.health.hand_back_reason(job) if runtime.health is not None else ""
+        if why:
+            # Not claimed, attempts untouched: the same task id goes back on the same queue (no
+            # countdown: an ETA message would sit in this idle worker's memory, out of the others' reach).
+            if runtime.health.first_hand_back(job):  # type: ignore[union-attr]
+                log.info("job #%d handed back to the queue: %s", job, why)
+            time.sleep(HAND_BACK_DELAY_S)
+            raise self.retry(countdown=0)
         try:
             return run_job(runtime.cfg, runtime.factory, job, runtime.device, self.request.id or "")
         except PERMANENT as exc:
@@ -54,7 +71,8 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             # reaches here (TypeError...) is treated as transient: its error is stored and it gets
             # the bounded retries, so it can neither leave the job running nor loop forever.
             unforeseen = not isinstance(exc, TRANSIENT)
-            attempts = retry_or_fail(runtime.factory, job, error_reason(exc), runtime.cfg.worker.max_retries)
+            attempts = retry_or_fail(runtime.factory, job, error_reason(exc), runtime.cfg.worker.max_retries,
+                                     worker=runtime.name)
             if attempts is None:
                 log.error("job #%d failed: %s", job, error_reason(exc), exc_info=unforeseen)
                 return "failed"

@@ -8,6 +8,7 @@ acknowledging it and SIGKILL itself, then count what is left; then time N publis
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import os
 import signal
@@ -73,20 +74,23 @@ def _drain(spec: dict) -> int:
                     return got
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=N, help="messages published per transport")
+    n = parser.parse_args(argv).messages
     for name in list(transports(Path(tempfile.mkdtemp()))):
         tmp = Path(tempfile.mkdtemp())
         spec = transports(tmp)[name]
-        _publish(spec, N)
+        _publish(spec, n)
         child = mp.get_context("spawn").Process(target=_take_one_and_die, args=(spec,))
         child.start()
         child.join(30)
         left = _drain(spec)
         t0 = time.perf_counter()
-        _publish(spec, N)
+        _publish(spec, n)
         consumed = _drain(spec)
         rate = consumed / (time.perf_counter() - t0 - 1.0)  # minus the final 1 s drain timeout
-        print(f"{name:38s} killed consumer: {N - left} of {N} lost (child exit {child.exitcode}); "
+        print(f"{name:38s} killed consumer: {n - left} of {n} lost (child exit {child.exitcode}); "
               f"{consumed} publish+consume+ack at {rate:.0f} msg/s")
     return 0
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from bench.qr.common import start_node
 from dicom_node.ae import set_tcp_nodelay
 from dicom_node.index.models import Instance, Patient, Series, SeriesState, Study
-from tests.qr.orthanc import Orthanc
+from tests.orthanc import Orthanc
 
 ROOT = "1.2.826.0.1.3680043.10.1236."
 SERIES_KINDS = [("CT", "AXIAL 1.0 B40f"), ("CT", "CORONAL 3.0"), ("MR", "T2 TSE AX"), ("MR", "T1 SAG")]

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.live import LiveConfig
 from config.loader import ConfigError
 from dicom_node.admin.context import AdminContext, EnqueueJob
-from dicom_node.admin.routers import audit, jobs, models, ops, peers, reader_study, routing, series, stats, viewer
+from dicom_node.admin.routers import (audit, jobs, models, ops, peers, reader_study, routing, series, stats, viewer,
+                                      workers)
 
 log = logging.getLogger("srnode.admin")
 
@@ -63,7 +64,7 @@ def create_app(
     app.state.ctx = AdminContext(live=live, sessions=sessions, enqueue_job=enqueue_job)
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(RequestValidationError, _request_error)
-    for module in (peers, routing, models, jobs, series, audit, stats, viewer, reader_study):
+    for module in (peers, routing, models, jobs, series, audit, stats, viewer, reader_study, workers):
         app.include_router(module.router, prefix="/api")
     app.include_router(ops.router)
     ops.install_snapshot_sources(app.state.ctx)

@@ -6,7 +6,7 @@ docs/architecture.md), so a crash between two stages loses nothing.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
     BigInteger,
@@ -20,8 +20,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -170,6 +172,9 @@ class Job(Base):
     # When the broker message in task_id is due to be taken: its send, or the end of a retry
     # countdown. A job still queued a lease after that lost its message and is sent again.
     task_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The worker (Celery name) whose attempt last failed with a retryable error: its retry prefers
+    # another healthy worker (workers/health.py), so one broken worker cannot spend every attempt.
+    last_failed_worker: Mapped[str] = mapped_column(String(255), default="")
     # Per-stage seconds as JSON text, e.g. {"load": .., "infer": .., "write": ..}.
     timings: Mapped[str] = mapped_column(Text, default="")
     __table_args__ = (
@@ -203,6 +208,9 @@ class Outbox(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Handed to an association and not answered yet: after a crash or a broken association the
+    # peer may have it although no response arrived (in doubt; see outbox.confirm).
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     __table_args__ = (UniqueConstraint("instance_pk", "destination", name="uq_outbox_item"),)
 
 
@@ -227,6 +235,73 @@ class ConfigOverride(Base):
     value_json: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NodeSetting(Base):
+    """A value the node keeps about itself (e.g. `storage_id`, the UUID in its storage marker)."""
+
+    __tablename__ = "node_setting"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class WorkerState(str, enum.Enum):
+    ok = "ok"  # its checks pass: it takes jobs
+    refusing = "refusing"  # a check failed (`problem` says which): it takes no job
+    stopped = "stopped"  # it exited normally
+
+
+# A worker beats every few seconds (workers/health.py); one not seen for this long is gone.
+WORKER_ALIVE_S = 30.0
+
+
+class Worker(Base):
+    """One `srnode worker` process (the embedded one too), upserted by its health thread."""
+
+    __tablename__ = "worker"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)  # its Celery name, srnode-<device>-<pid>@<host>
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    device: Mapped[str] = mapped_column(String(32), default="")
+    models: Mapped[str] = mapped_column(Text, default="")  # comma-separated models it consumes
+    state: Mapped[WorkerState] = mapped_column(
+        Enum(WorkerState, native_enum=False, length=16), default=WorkerState.ok, index=True
+    )
+    problem: Mapped[str] = mapped_column(Text, default="")  # why it refuses jobs (empty when ok)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    def model_list(self) -> list[str]:
+        return [m for m in self.models.split(",") if m]
+
+    def alive(self, now: datetime, within_s: float = WORKER_ALIVE_S) -> bool:
+        """Seen within `within_s` (SQLite gives back naive datetimes, stored as UTC)."""
+        seen = self.last_seen_at if self.last_seen_at.tzinfo else self.last_seen_at.replace(tzinfo=timezone.utc)
+        return (now - seen).total_seconds() <= within_s
+
+    def takes(self, model: str, now: datetime) -> bool:
+        """Alive, healthy and consuming `model`'s queues: a job of `model` can go to it."""
+        return self.state == WorkerState.ok and self.alive(now) and model in self.model_list()
+
+
+def unserved_jobs(session: Session, now: datetime, waited_s: float = WORKER_ALIVE_S) -> str:
+    """"" or why queued jobs wait: jobs due for over `waited_s` whose model no live, healthy worker
+    consumes (none started, all gone, or all refusing: their problems are named)."""
+    due = func.coalesce(Job.task_due_at, Job.created_at)
+    waiting = dict(session.execute(select(Job.model, func.count()).where(
+        Job.state == JobState.queued, due < now - timedelta(seconds=waited_s)).group_by(Job.model)).all())
+    if not waiting:
+        return ""
+    workers = list(session.scalars(select(Worker)))
+    unserved = {m: n for m, n in waiting.items() if not any(w.takes(m, now) for w in workers)}
+    if not unserved:
+        return ""
+    refusing = [f"{w.name}: {w.problem}" for w in workers if w.state == WorkerState.refusing and w.alive(now)]
+    jobs = ", ".join(f"{n} of {m}" for m, n in sorted(unserved.items()))
+    return (f"queued jobs ({jobs}) waited over {waited_s:.0f} s and no healthy worker consumes their model"
+            + (f"; refusing: {'; '.join(refusing)}" if refusing else "; no worker seen"))
 
 
 Index("ix_series_state_last", Series.state, Series.last_received_at)

@@ -6,17 +6,17 @@ the last committed row left off.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from config.schema import SendConfig
-from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Outbox, OutboxState
+from dicom_node.index.models import FINISHED_STATES, Instance, Job, Outbox, OutboxState, Series, Study
 
 
 def utcnow() -> datetime:
@@ -56,6 +56,7 @@ class DueItem:
     sop_instance_uid: str
     transfer_syntax_uid: str
     attempts: int
+    in_doubt: bool = False  # handed to an association before, no answer recorded (outbox.confirm)
 
 
 def due_destinations(session: Session, now: datetime | None = None) -> list[str]:
@@ -67,19 +68,27 @@ def due_destinations(session: Session, now: datetime | None = None) -> list[str]
     ))
 
 
-def due_items(session: Session, destination: str, limit: int = 200, now: datetime | None = None) -> list[DueItem]:
-    """Pending rows of one destination that are due, oldest first."""
+def due_items(session: Session, destination: str, limit: int = 200, now: datetime | None = None,
+              lane: int = 0, lanes: int = 1) -> list[DueItem]:
+    """Pending rows of one destination that are due, oldest first; only row ids ≡ lane (mod lanes).
+
+    The lanes are disjoint, so associations that each drain their own lane never hold the same
+    row at once (no claim column, nothing to release after a crash).
+    """
     now = now or utcnow()
+    where = [Outbox.destination == destination, Outbox.state == OutboxState.pending, Outbox.next_attempt_at <= now]
+    if lanes > 1:
+        where.append(Outbox.id % lanes == lane)
     rows = session.execute(
         select(Outbox, Instance)
         .join(Instance, Instance.id == Outbox.instance_pk)
-        .where(Outbox.destination == destination, Outbox.state == OutboxState.pending,
-               Outbox.next_attempt_at <= now)
+        .where(*where)
         .order_by(Outbox.next_attempt_at, Outbox.id)
         .limit(limit)
     ).all()
     return [
-        DueItem(o.id, o.destination, i.file_path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, o.attempts)
+        DueItem(o.id, o.destination, i.file_path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, o.attempts,
+                o.sent_at is not None)
         for o, i in rows
     ]
 
@@ -89,17 +98,20 @@ def backoff_s(attempts: int, send: SendConfig) -> float:
     return min(send.backoff_max_s, send.backoff_initial_s * (2 ** max(0, attempts - 1)))
 
 
-def mark_delivered(session: Session, outbox_id: int) -> None:
-    """Record a successful C-STORE (and, for a job's last one, the job's send time)."""
-    row = session.get(Outbox, outbox_id)
-    if row is None:
+def mark_delivered_many(session: Session, outbox_ids: Sequence[int]) -> None:
+    """Record successful C-STOREs in the caller's transaction: one UPDATE for the rows, then the
+    send time of each job whose last row this was (one ORM load per row cost ~1.7 ms, a tenth of
+    sending a 2048² slice)."""
+    if not outbox_ids:
         return
-    row.state = OutboxState.delivered
-    row.attempts += 1
-    row.delivered_at = utcnow()
-    row.last_error = ""
-    if row.job_pk is not None:
-        _record_send_tail(session, row.job_pk, row.delivered_at)
+    now = utcnow()
+    session.execute(update(Outbox).where(Outbox.id.in_(outbox_ids))
+                    .values(state=OutboxState.delivered, attempts=Outbox.attempts + 1, delivered_at=now,
+                            last_error=""))
+    jobs = session.scalars(select(Outbox.job_pk).where(Outbox.id.in_(outbox_ids), Outbox.job_pk.is_not(None))
+                           .distinct())
+    for job_pk in list(jobs):
+        _record_send_tail(session, job_pk, now)
 
 
 def _record_send_tail(session: Session, job_pk: int, delivered_at: datetime) -> None:
@@ -120,11 +132,34 @@ def _record_send_tail(session: Session, job_pk: int, delivered_at: datetime) -> 
     job.timings = json.dumps(timings)
 
 
-def mark_failed_attempt(session: Session, outbox_id: int, error: str, send: SendConfig) -> OutboxState:
-    """Record a failed attempt: schedule the next with backoff, or give up after max_attempts."""
+def series_keys(session: Session, outbox_ids: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+    """Outbox row id → (study, series, SOP instance) UIDs of its instance."""
+    rows = session.execute(
+        select(Outbox.id, Study.study_uid, Series.series_uid, Instance.sop_instance_uid)
+        .join(Instance, Instance.id == Outbox.instance_pk).join(Series, Series.id == Instance.series_pk)
+        .join(Study, Study.id == Series.study_pk).where(Outbox.id.in_(outbox_ids)))
+    return {row_id: (study, series, sop) for row_id, study, series, sop in rows}
+
+
+def mark_handed(session: Session, outbox_ids: Sequence[int], handed: bool = True) -> None:
+    """Set (or clear) `sent_at` of the rows: committed before their C-STOREs start, so that after a
+    crash the rows whose answer was never recorded are known to be in doubt."""
+    if outbox_ids:
+        session.execute(update(Outbox).where(Outbox.id.in_(outbox_ids)).values(sent_at=utcnow() if handed else None))
+
+
+def mark_failed_attempt(session: Session, outbox_id: int, error: str, send: SendConfig,
+                        answered: bool = False) -> OutboxState:
+    """Record a failed attempt: schedule the next with backoff, or give up after max_attempts.
+
+    `answered`: the peer refused with a status, so it does not have the instance (no longer in
+    doubt); a broken association leaves the row in doubt.
+    """
     row = session.get(Outbox, outbox_id)
     if row is None:
         return OutboxState.failed
+    if answered:
+        row.sent_at = None
     row.attempts += 1
     row.last_error = error[:2000]
     if send.max_attempts and row.attempts >= send.max_attempts:

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from config.loader import deployment_warnings
 from config.schema import SRNodeConfig
+from dicom_node.index.models import unserved_jobs
 from dicom_node.outbox.sender import OutboxSender
 from dicom_node.pipeline.dispatch import Dispatcher
 from dicom_node.pipeline.embedded_worker import EmbeddedWorker
@@ -21,6 +25,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How often the node looks for queued jobs that no healthy worker consumes (a cheap query).
+POOL_CHECK_S = 10.0
+POOL_REPEAT_S = 300.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
 
 class PipelineService:
     """Routing hook + dispatcher + outbox sender (+ the embedded worker when there is no broker)."""
@@ -30,8 +42,16 @@ class PipelineService:
         self.factory = factory
         self.dispatcher = Dispatcher(cfg, factory)
         self.sender = OutboxSender(cfg, factory, storage_dir)
-        embedded = cfg.broker_url is None and cfg.worker.embedded
-        self.worker = EmbeddedWorker(cfg, on_restart=self._worker_died) if embedded else None
+        # With broker_url too: the node's own worker consumes the broker beside any remote ones
+        # (worker.embedded: false leaves the jobs to them), so a broker never waits for nobody.
+        self.worker = EmbeddedWorker(cfg, on_restart=self._worker_died) if cfg.worker.embedded else None
+        # Without a broker server no worker can outlive the node or its embedded worker: their jobs
+        # are queued again at once. With one, other workers' running jobs must be left alone: a
+        # dead embedded worker's job comes back after worker.heartbeat_timeout_s like any other.
+        self.owns_all_jobs = cfg.broker_url is None
+        self._unserved = ""  # the current "queued jobs find no worker" problem
+        self._unserved_logged = 0.0
+        self._next_pool_check = 0.0
         # The models the embedded worker consumes; it follows admin changes (see _sync_worker).
         self._worker_models: tuple[str, ...] = ()
         self._stop = threading.Event()
@@ -44,9 +64,28 @@ class PipelineService:
             self.dispatcher.wake()
 
     def _worker_died(self) -> None:
+        if not self.owns_all_jobs:
+            log.warning("the embedded worker stopped; its job (if any) is queued again after "
+                        "worker.heartbeat_timeout_s (other workers' jobs run on)")
+            return
         n = self.dispatcher.reset_all_active()
         if n:
             log.warning("%d job(s) of the dead embedded worker queued again", n)
+
+    def check_workers(self) -> str:
+        """Log queued jobs that no live, healthy worker consumes (none started, all gone or
+        refusing): a WARNING when it starts and every POOL_REPEAT_S while it lasts, INFO when it
+        ends. Returns the problem ("" = none)."""
+        with self.factory() as session:
+            problem = unserved_jobs(session, utcnow())
+        now = time.monotonic()
+        if problem and (not self._unserved or now - self._unserved_logged >= POOL_REPEAT_S):
+            log.warning("%s", problem)
+            self._unserved_logged = now
+        elif self._unserved and not problem:
+            log.info("queued jobs have a healthy worker again")
+        self._unserved = problem
+        return problem
 
     def _sync_worker(self) -> None:
         """Keep the embedded worker consuming the queues of every routed model.
@@ -74,22 +113,29 @@ class PipelineService:
     def _watch_worker(self) -> None:
         while not self._stop.wait(1.0):
             try:
-                self._sync_worker()
+                if self.worker is not None:
+                    self._sync_worker()
+                if time.monotonic() >= self._next_pool_check:
+                    self._next_pool_check = time.monotonic() + POOL_CHECK_S
+                    self.check_workers()
             except Exception as exc:  # noqa: BLE001 - the watch must outlive a bad moment (DB away)
-                log.warning("embedded worker check failed: %s: %s", type(exc).__name__, exc)
+                log.warning("worker check failed: %s: %s", type(exc).__name__, exc)
 
     def start(self) -> None:
-        """Start sender, dispatcher and (embedded mode) the worker child."""
+        """Start sender, dispatcher, (embedded mode) the worker child and the worker watch."""
+        for key, why in deployment_warnings(self.cfg):
+            log.warning("configuration: %s: %s", key, why)
         if self.worker is not None:
-            # No other worker can have survived the node: whatever was active starts over.
-            n = self.dispatcher.reset_all_active()
-            if n:
-                log.info("%d unfinished job(s) from before the restart queued again", n)
+            if self.owns_all_jobs:
+                # No other worker can have survived the node: whatever was active starts over.
+                n = self.dispatcher.reset_all_active()
+                if n:
+                    log.info("%d unfinished job(s) from before the restart queued again", n)
             self._worker_models = ()
             self._sync_worker()
-            self._stop.clear()
-            self._watch = threading.Thread(target=self._watch_worker, name="srnode-worker-watch", daemon=True)
-            self._watch.start()
+        self._stop.clear()
+        self._watch = threading.Thread(target=self._watch_worker, name="srnode-worker-watch", daemon=True)
+        self._watch.start()
         self.sender.start()
         self.dispatcher.start()
 

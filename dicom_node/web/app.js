@@ -9,8 +9,9 @@ import jobs from "./views/jobs.js";
 import viewer from "./views/viewer.js";
 import audit from "./views/audit.js";
 import series from "./views/series.js";
+import workers from "./views/workers.js";
 
-const VIEWS = { dashboard, peers, routing, models, jobs, series, viewer, audit };
+const VIEWS = { dashboard, peers, routing, models, jobs, workers, series, viewer, audit };
 export const session = { role: null };
 let cleanup = null;
 

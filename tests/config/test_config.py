@@ -142,3 +142,59 @@ def test_model_checks_import_no_torch_and_match_the_engine() -> None:
     from sr_engine.interpolate import INTERPOLATORS
 
     assert registry.NETWORK_ARCHS == ARCHS and registry.INTERPOLATOR_ARCHS == tuple(INTERPOLATORS)
+
+
+# --- Issue 21 item 3: combinations that validate but cannot work are said out loud ---------------
+
+def _check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    from dicom_node.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    code = main(["config", "check", str(path)])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_config_check_warns_about_a_broker_without_a_worker_and_sqlite(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _check(tmp_path, "broker_url: redis://127.0.0.1:6379/0\nworker: {embedded: false}\n", capsys)
+    warned = {line.split(": ")[1] for line in out if line.startswith("warning: ")}
+    assert code == 0 and out[-1] == "OK"
+    assert {"worker.embedded", "node.database_url"} <= warned, out
+    assert any("this node runs no worker" in line for line in out)
+    assert any("SQLite with broker_url" in line and "postgresql://" in line for line in out)
+
+
+def test_config_check_warns_about_a_short_heartbeat_and_a_local_storage_with_a_broker(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from config.loader import file_system_type
+
+    code, out = _check(tmp_path, "broker_url: redis://127.0.0.1:6379/0\n"
+                                 "node: {database_url: 'postgresql://u:p@127.0.0.1:5432/x'}\n"
+                                 "worker: {heartbeat_timeout_s: 5}\n", capsys)
+    warned = {line.split(": ")[1] for line in out if line.startswith("warning: ")}
+    assert code == 0 and "worker.heartbeat_timeout_s" in warned and "node.database_url" not in warned, out
+    assert "worker.embedded" not in warned  # the default: the node runs its own worker on the broker
+    local = file_system_type(tmp_path) not in (None, "nfs", "nfs4", "ceph")
+    assert ("node.storage_dir" in warned) == local, (file_system_type(tmp_path), out)
+
+
+def test_file_system_type_reads_the_deepest_mount(tmp_path: Path) -> None:
+    from config.loader import file_system_type
+
+    base = tmp_path.resolve()
+    (base / "shared").mkdir()
+    (base / "with space").mkdir()
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nsrv:/export {base}/shared nfs4 rw 0 0\n"
+                      f"srv:/x {base}/with\\040space nfs rw 0 0\n")
+    assert file_system_type(base / "shared" / "storage" / "not-yet", mounts) == "nfs4"  # its existing folder
+    assert file_system_type(base / "with space", mounts) == "nfs"
+    assert file_system_type(base / "sharedx", mounts) == "ext4"  # a prefix of the name is not inside
+    assert file_system_type(base, tmp_path / "no-such-file") is None
+
+
+def test_config_check_says_only_ok_for_the_embedded_default(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _check(tmp_path, "node: {port: 11112}\n", capsys)
+    assert (code, out) == (0, ["OK"])

@@ -16,6 +16,7 @@ from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
 from dicom_node.index.models import Instance, Series
+from dicom_node.storage_identity import STORAGE_MARKER
 from tests.dicom_node.conftest import node_config, storescu
 
 pytestmark = pytest.mark.integration
@@ -108,7 +109,7 @@ def test_malformed_pixel_data_and_bad_uids_refused(tmp_path: Path, sqlite_url: s
     assert "StudyInstanceUID" in refusals[2] and "SeriesInstanceUID" in refusals[3]
     # nothing written outside storage_dir, nothing but the good instance inside it
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
-    files = [p for p in node.storage_dir.rglob("*") if p.is_file()]
+    files = [p for p in node.storage_dir.rglob("*") if p.is_file() and p.name != STORAGE_MARKER]
     assert [p.name for p in files] == [f"{ok.SOPInstanceUID}.dcm"]
     with node.session_factory() as s:
         assert s.scalar(select(func.count(Instance.id))) == 1

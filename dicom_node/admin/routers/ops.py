@@ -18,6 +18,7 @@ from sqlalchemy import text
 from dicom_node import metrics
 from dicom_node.admin.context import AdminContext, ctx_of
 from dicom_node.admin.routers.stats import index_snapshot
+from dicom_node.index.models import unserved_jobs, utcnow
 
 router = APIRouter(tags=["operations"])
 
@@ -76,9 +77,18 @@ def _check_disk(storage: Path, min_free_mb: int) -> str:
     return f"ok ({free_mb} MB free)"
 
 
+def _check_workers(ctx: AdminContext) -> str:
+    """Queued jobs that no live, healthy worker consumes: said here, but readiness does not fail
+    on it (the node still stores and serves; an orchestrator would turn the scanners away)."""
+    with ctx.sessions() as session:
+        problem = unserved_jobs(session, utcnow())
+    return f"warning: {problem}" if problem else "ok"
+
+
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """Readiness: index database reachable, storage writable, disk above node.min_free_disk_mb."""
+    """Readiness: index database reachable, storage writable, disk above node.min_free_disk_mb.
+    `checks.workers` warns when queued jobs find no healthy worker (not counted against readiness)."""
     ctx = ctx_of(request)
     node = ctx.live.base.node
     storage = Path(node.storage_dir)
@@ -94,4 +104,8 @@ def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a named, failed check
             checks[name] = f"failed: {exc}"
             ready = False
+    try:
+        checks["workers"] = _check_workers(ctx)
+    except Exception as exc:  # noqa: BLE001 - the database check already fails readiness
+        checks["workers"] = f"unknown: {exc}"
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
