@@ -5,12 +5,21 @@ the stat queues before the routine ones. Tasks take job ids only; everything els
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
 from kombu import Exchange, Queue
 
 from config.schema import SRNodeConfig
+
+# On every broker connection loss Celery warns that a later version will cancel running late-ack
+# tasks. srnode keeps them running on purpose (worker_cancel_long_running_tasks_on_connection_loss
+# below): the job row, not the message, is the truth, and the redelivered copy is dropped by the
+# job claim, so a reconnect must not throw away the slices in work. Hence no warning either.
+warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+                        category=CPendingDeprecationWarning)
 
 TASK_PROCESS_JOB = "srnode.process_job"
 PRIORITIES = ("stat", "routine")
@@ -81,5 +90,6 @@ def make_celery(cfg: SRNodeConfig, models: list[str] | None = None) -> Celery:
         task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in queues_for(names)],
         task_default_queue=queue_name(names[0] if names else "default", "routine"),
         broker_heartbeat=0,
+        worker_cancel_long_running_tasks_on_connection_loss=False,  # see the warning filter above
     )
     return app
