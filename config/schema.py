@@ -128,7 +128,9 @@ class RoutingMatch(_Strict):
 
 
 class RoutingRule(_Strict):
-    name: str | None = None
+    # Shown in the console and recorded on jobs (job.rule_name); without it the rule is called by
+    # its position, `rule-<index>`, which changes when a rule is inserted above it.
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
     match: RoutingMatch = Field(default_factory=RoutingMatch)
     model: str | None = None
     scale: int | None = Field(None, ge=1, le=8)
@@ -185,12 +187,91 @@ class QueryRetrieveConfig(_Strict):
     max_results: int = Field(1000, ge=0)
 
 
+Role = Literal["admin", "read", "reader"]
+
+
+class TokenEntry(_Strict):
+    """A token's role and the person it belongs to (shown in the console, audit log, reader studies)."""
+
+    role: Role
+    name: str = Field("", max_length=64)
+
+
 class AdminConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    # token -> role; roles: "admin", "read", "reader"
-    tokens: dict[str, Literal["admin", "read", "reader"]] = Field(default_factory=dict)
+    # token -> role ("admin", "read", "reader"), or token -> {role, name}
+    tokens: dict[str, Role | TokenEntry] = Field(default_factory=dict)
+
+    def token_entries(self) -> dict[str, TokenEntry]:
+        """Every token as {role, name}, whichever form the config used."""
+        return {t: e if isinstance(e, TokenEntry) else TokenEntry(role=e) for t, e in self.tokens.items()}
+
+
+class ModalityRetention(_Strict):
+    max_age_h: float | None = Field(None, gt=0)
+
+
+class RetentionConfig(_Strict):
+    """Disk quota and age rules; recycling removes the oldest eligible series (docs/storage.md,
+    "Retention and quota"). Off by default: quota_mb null and no age rule keeps everything."""
+
+    # Originals + derived (sum of indexed file sizes), MiB; above it the oldest eligible series go.
+    quota_mb: float | None = Field(None, gt=0)
+    # A series whose jobs and deliveries are all finished becomes eligible this long after its last activity.
+    keep_after_delivery_h: float = Field(72.0, ge=0)
+    # A delivery that failed for good (send.max_attempts) counts as finished only when true.
+    recycle_failed_deliveries: bool = False
+    # Job rows of a recycled series are kept (history) unless false.
+    keep_job_history: bool = True
+    # Age rules: an eligible series older than this (hours since its last activity) goes even below
+    # the quota. Per kind ("original", "derived"; null = no rule) and per modality (overrides the kind).
+    max_age_h: dict[Literal["original", "derived"], float | None] = Field(default_factory=dict)
+    modalities: dict[str, ModalityRetention] = Field(default_factory=dict)
+    check_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper_modalities(cls, value: dict[str, ModalityRetention]) -> dict[str, ModalityRetention]:
+        return {k.upper(): v for k, v in value.items()}
+
+
+class HousekeepingConfig(_Strict):
+    """What else grows and is trimmed by the node's housekeeping pass (docs/storage.md, "Housekeeping")."""
+
+    enabled: bool = True
+    # One pass at node start (without the temp-file walk: start already swept), then every interval_h.
+    interval_h: float = Field(6.0, gt=0)
+    # Delivered outbox rows go this long after delivery; pending and failed rows never do.
+    outbox_delivered_days: float = Field(7.0, ge=0)
+    # Finished job rows go this long after finishing, only once no series, derived series or outbox row
+    # refers to them (while the series exists its job is what prevents deriving it twice).
+    jobs_days: float = Field(30.0, ge=0)
+    audit_days: float = Field(365.0, ge=0)
+    # Worker rows (one per worker process start) not seen for this long.
+    workers_days: float = Field(7.0, ge=0)
+    # SQLite only: VACUUM when this share of the file is free pages (it holds the write lock meanwhile).
+    vacuum_free_ratio: float = Field(0.25, gt=0, le=1)
+
+
+def rule_name(index: int, rule: RoutingRule) -> str:
+    """A stable name for a rule: its `name`, else its position (`rule-<index>`).
+
+    The position fallback is kept so that jobs made before a rule was named still name their rule.
+    """
+    return rule.name or f"rule-{index}"
+
+
+def duplicate_rule_name(rules: list[RoutingRule]) -> tuple[int, str] | None:
+    """The first (index, name) whose name an earlier rule already has (names must tell rules apart)."""
+    seen: set[str] = set()
+    for index, rule in enumerate(rules):
+        name = rule_name(index, rule)
+        if name.lower() in seen:
+            return index, name
+        seen.add(name.lower())
+    return None
 
 
 class SRNodeConfig(_Strict):
@@ -205,6 +286,8 @@ class SRNodeConfig(_Strict):
     send: SendConfig = Field(default_factory=SendConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     query_retrieve: QueryRetrieveConfig = Field(default_factory=QueryRetrieveConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
     # Folders a checkpoint registered through the admin API must lie in. None: `models/` beside
     # the config file and the repository's `models/` (the loader fills them in).
     models_dirs: list[Path] | None = None
@@ -215,6 +298,9 @@ class SRNodeConfig(_Strict):
             for dest in rule.destinations:
                 if dest not in self.peers:
                     raise ValueError(f"routing.{i}.destinations: {dest!r} is not a key of peers")
+        duplicate = duplicate_rule_name(self.routing)
+        if duplicate is not None:
+            raise ValueError(f"routing.{duplicate[0]}.name: {duplicate[1]!r} is already the name of an earlier rule")
         return self
 
     def peer_by_ae(self, ae_title: str) -> PeerConfig | None:

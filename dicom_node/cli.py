@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "dicom_node.demo",  # demo
     "dicom_node.admin.commands",  # db upgrade
     "dicom_node.reader_study.cli",  # reader-study list/results
+    "dicom_node.retention.cli",  # storage status/purge
 ]
 
 

@@ -1,4 +1,4 @@
-"""`srnode serve` and `srnode config check`."""
+"""`srnode serve`, `srnode config check` and `srnode config overrides`."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,45 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"warning: {key}: {why}")
     print("OK")
     return 0
+
+
+def cmd_config_overrides(args: argparse.Namespace) -> int:
+    """List the admin overrides in force over the file (one line each), or with --clear remove
+    them (all, or one section) so that the file's values are in force; works on the index database
+    with the node stopped or running (a running node sees the change within a second)."""
+    import getpass
+
+    from sqlalchemy import inspect
+
+    from config.live import clear_overrides, read_overrides
+    from dicom_node.index.db import make_engine, session_factory
+
+    cfg = load_config(args.config)
+    engine = make_engine(cfg.node.database_url)
+    try:
+        if not inspect(engine).has_table("config_override"):  # never migrated: nothing was overridden
+            print("no overrides: the file is in force")
+            return 0
+        sessions = session_factory(engine)
+        if args.clear is None:
+            overrides = read_overrides(sessions, cfg)
+            for override in overrides:
+                print(override.describe())
+            if not overrides:
+                print("no overrides: the file is in force")
+            return 0
+        keys = None if args.clear == _ALL else [args.clear]
+        cleared = clear_overrides(sessions, cfg, keys, f"cli:{getpass.getuser()}")
+        for override in cleared:
+            print(f"{override.key}: override by {override.actor or '?'} removed; the file's value is in force")
+        if not cleared:
+            print("no overrides to clear: the file is in force")
+        return 0
+    finally:
+        engine.dispose()
+
+
+_ALL = "\0all"  # --clear without a key
 
 
 def quiet_libraries(level: str) -> None:
@@ -65,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `serve` and `config check`."""
+    """Add `serve`, `config check` and `config overrides`."""
     serve = subparsers.add_parser("serve", help="run the DICOM node in the foreground")
     serve.add_argument("--config", required=True, help="YAML configuration file")
     serve.set_defaults(func=cmd_serve)
@@ -74,6 +113,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+    overrides = config_sub.add_parser("overrides",
+                                      help="list (or --clear) the console/API changes in force over the file")
+    overrides.add_argument("--config", required=True, help="YAML configuration file (its database holds the overrides)")
+    overrides.add_argument("--clear", nargs="?", const=_ALL, metavar="KEY",
+                           help="remove the override of KEY (peers, models, routing, output, series), or all")
+    overrides.set_defaults(func=cmd_config_overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

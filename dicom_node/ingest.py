@@ -291,7 +291,7 @@ _SELECT_INSTANCE = select(Instance.id, Instance.series_pk).where(Instance.sop_in
 _TOUCH_SERIES = (
     # The UID check catches a cached key whose row was deleted and its id reused.
     update(Series).where(Series.id == bindparam("pk"), Series.series_uid == bindparam("uid"))
-    .values(state=SeriesState.receiving, stable_at=None, last_received_at=bindparam("now"))
+    .values(state=SeriesState.receiving, stable_at=None, last_received_at=bindparam("now"), recycled_at=None)
 )
 _INSERT_INSTANCE = insert(Instance)
 _UPDATE_INSTANCE = update(Instance).where(Instance.id == bindparam("ipk"))
@@ -368,6 +368,7 @@ def index_instance(
     series.state = SeriesState.receiving
     series.stable_at = None
     series.last_received_at = now
+    series.recycled_at = None  # a recycled series sent again is a live series again, not history
 
     instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
     if instance is None:

@@ -31,7 +31,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 ASSOCIATIONS = Counter(
     "srnode_associations",
-    "Association requests by the node's own checks' outcome (accepted, rejected_unknown_ae, rejected_called_ae, rejected_disk)",
+    "Association requests by the node's own checks' outcome (accepted, rejected_unknown_ae, rejected_called_ae, rejected_disk, rejected_quota)",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -134,6 +134,41 @@ SNAPSHOT = SnapshotCollector()
 REGISTRY.register(SNAPSHOT)
 
 
+@dataclass
+class StorageSnapshot:
+    """Retention figures from the index (dicom_node/retention/usage.py)."""
+
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)  # "original" | "derived" -> bytes
+    recycled_bytes: int = 0  # since the index was created
+
+
+class StorageCollector(Collector):
+    """srnode_storage_bytes{kind} and srnode_recycled_bytes_total, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], StorageSnapshot] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.source is None:
+            return
+        try:
+            snap = self.source()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the DB blinked
+            log.warning("metrics: storage usage not readable at scrape: %s", exc)
+            return
+        used = GaugeMetricFamily("srnode_storage_bytes", "Bytes of indexed instance files per kind (original, derived)",
+                                 labels=["kind"])
+        for kind, n in sorted(snap.bytes_by_kind.items()):
+            used.add_metric([kind], n)
+        yield used
+        yield CounterMetricFamily("srnode_recycled_bytes", "Bytes of instance files removed by retention recycling",
+                                  value=snap.recycled_bytes)
+
+
+STORAGE = StorageCollector()
+REGISTRY.register(STORAGE)
+
+
 def render() -> bytes:
     """The registry in Prometheus text format."""
     return generate_latest(REGISTRY)
@@ -143,3 +178,13 @@ def serve_http(port: int, host: str = "0.0.0.0") -> None:
     """Expose this process's metrics (e.g. a GPU worker's memory) on http://host:port/metrics."""
     start_http_server(port, addr=host, registry=REGISTRY)
     log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+# Housekeeping (dicom_node/housekeeping.py): what its passes removed, and how many passes ran.
+HOUSEKEEPING_REMOVED = Counter(
+    "srnode_housekeeping_removed",
+    "Rows and files removed by housekeeping, by kind (outbox, jobs, audit, workers, temp_files)",
+    ["kind"],
+    registry=REGISTRY,
+)
+HOUSEKEEPING_PASSES = Counter("srnode_housekeeping_passes", "Housekeeping passes completed", registry=REGISTRY)

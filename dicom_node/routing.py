@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from config.schema import RoutingMatch, RoutingRule
+from config.schema import RoutingMatch, RoutingRule, duplicate_rule_name, rule_name  # noqa: F401 - re-exported: the node names rules through this module
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,15 @@ def select_rule(rules: list[RoutingRule], facts: SeriesFacts) -> tuple[int, Rout
     return None
 
 
-def rule_name(index: int, rule: RoutingRule) -> str:
-    """A stable name for a rule: its `name`, else its position (`rule-<index>`)."""
-    return rule.name or f"rule-{index}"
+def is_general_rule(rule: RoutingRule, modality: str) -> bool:
+    """True for a rule that ordinary series of `modality` hit: it matches on the modality alone
+    (not on a description, caller or size) and runs a model for every such series (not skip or
+    on-demand)."""
+    others = rule.match.model_dump(exclude={"modality"}, exclude_none=True)
+    return (not others and not rule.skip and not rule.on_demand and rule.match.modality is not None
+            and _one_of(rule.match.modality, modality))
+
+
+def general_rule(rules: list[RoutingRule], modality: str) -> int | None:
+    """Index of the first general rule for `modality` (see is_general_rule), or None."""
+    return next((i for i, rule in enumerate(rules) if is_general_rule(rule, modality)), None)

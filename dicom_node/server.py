@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 SERVICE_MODULES: list[str] = [
     "dicom_node.pipeline",  # routing hook, job dispatch, outbox sender, embedded worker
     "dicom_node.admin.service",  # admin API, console, /metrics, probes (only when admin.tokens is set)
+    "dicom_node.retention.service",  # quota and age recycling, finishes an interrupted recycle on start
+    "dicom_node.housekeeping",  # prunes old outbox/job/audit/worker rows, SQLite WAL and VACUUM, temp files
 ]
 
 

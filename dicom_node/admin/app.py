@@ -8,15 +8,15 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.live import LiveConfig
 from config.loader import ConfigError
 from dicom_node.admin.context import AdminContext, EnqueueJob
-from dicom_node.admin.routers import (audit, jobs, models, ops, peers, reader_study, routing, series, stats, viewer,
-                                      workers)
+from dicom_node.admin.routers import (audit, config_overrides, jobs, models, ops, peers, reader_study, routing,
+                                      series, stats, storage, viewer, workers)
 
 log = logging.getLogger("srnode.admin")
 
@@ -64,10 +64,15 @@ def create_app(
     app.state.ctx = AdminContext(live=live, sessions=sessions, enqueue_job=enqueue_job)
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(RequestValidationError, _request_error)
-    for module in (peers, routing, models, jobs, series, audit, stats, viewer, reader_study, workers):
+    for module in (peers, routing, config_overrides, models, jobs, series, audit, stats, viewer, reader_study, workers,
+                   storage):
         app.include_router(module.router, prefix="/api")
     app.include_router(ops.router)
     ops.install_snapshot_sources(app.state.ctx)
     if web_dir is not None and web_dir.is_dir():
+        icon = web_dir / "favicon.svg"
+        # Pages without the <link rel="icon"> (and browsers that ask anyway) request /favicon.ico.
+        app.add_api_route("/favicon.ico", lambda: FileResponse(icon, media_type="image/svg+xml"),
+                          include_in_schema=False)
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="console")
     return app

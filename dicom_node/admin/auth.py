@@ -1,8 +1,8 @@
-"""Bearer-token authentication against `admin.tokens` (token → role).
+"""Bearer-token authentication against `admin.tokens` (token → role, or token → {role, name}).
 
-Roles: `admin` may read and change; `read` may only read; `reader` is reserved for a later reader
-study and may read nothing here yet. Tokens never appear in logs or the audit trail: the actor is
-the role plus a short fingerprint of the token.
+Roles: `admin` may read and change; `read` may only read; `reader` reads cases of reader studies
+only. Tokens never appear in logs or the audit trail: the actor is the token's `name` with its role,
+or, for a token without a name, the role plus a short fingerprint of the token.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from config.schema import SRNodeConfig
+
 READ_ROLES = frozenset({"admin", "read"})
 WRITE_ROLES = frozenset({"admin"})
 
@@ -22,15 +24,21 @@ log = logging.getLogger("srnode.admin")
 _bearer = HTTPBearer(auto_error=False, description="A token from admin.tokens in the node config")
 
 
+# What a browser sends when its stored token is unset (`Bearer ${null}`): a page asking "who am
+# I?" before sign-in, not a wrong token, so it is answered like a missing token, without a WARNING.
+UNSET_TOKENS = frozenset({"null", "undefined"})
+
+
 @dataclass(frozen=True)
 class Principal:
     role: str
     fingerprint: str
+    name: str = ""
 
     @property
     def actor(self) -> str:
-        """Who did it, as written to the audit log."""
-        return f"{self.role}:{self.fingerprint}"
+        """Who did it, as written to the audit log: "Dr. Kim (admin)", or "admin:1a2b3c4d" unnamed."""
+        return f"{self.name} ({self.role})" if self.name else f"{self.role}:{self.fingerprint}"
 
 
 def token_fingerprint(token: str) -> str:
@@ -39,20 +47,27 @@ def token_fingerprint(token: str) -> str:
 
 
 def _principal(request: Request, creds: HTTPAuthorizationCredentials | None) -> Principal:
-    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+    if (creds is None or creds.scheme.lower() != "bearer" or not creds.credentials
+            or creds.credentials in UNSET_TOKENS):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
-    tokens: dict[str, str] = request.app.state.live.base.admin.tokens
+    entries = request.app.state.live.base.admin.token_entries()
     given = creds.credentials.encode("utf-8")
-    for token, role in tokens.items():
+    for token, entry in entries.items():
         # Constant-time comparison so response timing does not leak token prefixes.
         if hmac.compare_digest(token.encode("utf-8"), given):
-            return Principal(role=role, fingerprint=token_fingerprint(token))
+            return Principal(role=entry.role, fingerprint=token_fingerprint(token), name=entry.name)
     log.warning("admin API: unknown bearer token from %s (%s %s)", _client(request), request.method, request.url.path)
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"}
     )
+
+
+def token_names(cfg: SRNodeConfig) -> dict[str, str]:
+    """Token fingerprint → display name, for the tokens that have one (reader studies name
+    readers by fingerprint; the console shows the name)."""
+    return {token_fingerprint(t): e.name for t, e in cfg.admin.token_entries().items() if e.name}
 
 
 def _client(request: Request) -> str:

@@ -33,9 +33,9 @@ class AdminContext:
         data = self.live.current().model_dump(mode="json")
         return self.live.with_overrides({**{k: data[k] for k in MUTABLE_SECTIONS}, section: value})
 
-    def change_section(self, section: str, value: Any, who: Principal) -> SRNodeConfig:
+    def change_section(self, section: str, value: Any, who: Principal, how: str = "section") -> SRNodeConfig:
         """Validate, persist and audit one config section change (raises ConfigError → 422)."""
-        cfg = self.live.set_section(section, value, who.actor)
+        cfg = self.live.set_section(section, value, who.actor, how)
         log.info("admin change: section %s by %s", section, who.actor)
         return cfg
 

@@ -1,4 +1,5 @@
-"""A-ASSOCIATE-RQ checks: another called AE title, an unknown calling AE title and a nearly full disk are refused."""
+"""A-ASSOCIATE-RQ checks: another called AE title, an unknown calling AE title, a nearly full disk and a
+storage quota (retention.quota_mb) exceeded with nothing left to recycle are refused."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ from pynetdicom.presentation import PresentationContext
 
 from dicom_node.handlers import NodeContext
 from dicom_node.metrics import ASSOCIATIONS
+from dicom_node.retention.usage import QuotaCheck
 
 log = logging.getLogger("dicom_node.association")
 
@@ -19,6 +21,14 @@ def free_disk_mb(ctx: NodeContext) -> float:
     """Free space (MiB) on the filesystem holding the storage directory."""
     ctx.storage_dir.mkdir(parents=True, exist_ok=True)
     return shutil.disk_usage(ctx.storage_dir).free / (1024 * 1024)
+
+
+def quota_refusal(ctx: NodeContext) -> str:
+    """"" or why storage is full by retention.quota_mb (above it with nothing left to recycle)."""
+    check = ctx.extras.get("retention.quota")
+    if check is None:  # one cached check per node process, shared by the association and store handlers
+        check = ctx.extras.setdefault("retention.quota", QuotaCheck(ctx.session_factory, lambda: ctx.cfg.retention))
+    return check.refusal()
 
 
 def _reject(event: evt.Event, result: int, source: int, diagnostic: int) -> None:
@@ -43,7 +53,7 @@ def _wrong_called_ae(event: evt.Event, ctx: NodeContext, calling: str) -> bool:
 
 def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
     """Reject the association (one log line) if it is addressed to another AE title, the caller
-    is unknown or the disk is too full."""
+    is unknown, the disk is too full or the quota is exceeded with nothing eligible to recycle."""
     calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
     node = ctx.cfg.node
     if _wrong_called_ae(event, ctx, calling):
@@ -63,6 +73,12 @@ def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
         # transient, presentation related, temporary congestion
         _reject(event, 0x02, 0x03, 0x01)
         ASSOCIATIONS.labels(outcome="rejected_disk").inc()
+        return
+    full = quota_refusal(ctx)
+    if full:
+        log.warning("rejected association from %r: %s", calling, full)
+        _reject(event, 0x02, 0x03, 0x01)  # transient: recycling frees space once jobs and deliveries finish
+        ASSOCIATIONS.labels(outcome="rejected_quota").inc()
         return
     ASSOCIATIONS.labels(outcome="accepted").inc()
 

@@ -10,7 +10,7 @@ from pynetdicom import AllStoragePresentationContexts, evt
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.handlers import NodeContext
-from dicom_node.handlers.association import free_disk_mb
+from dicom_node.handlers.association import free_disk_mb, quota_refusal
 from dicom_node.ingest import RejectedInstance, SOPClassMismatch, store_encoded
 from dicom_node.storage import uid_for_log
 
@@ -28,6 +28,10 @@ def handle_store(event: evt.Event, ctx: NodeContext) -> int:
     try:
         if free_disk_mb(ctx) < ctx.cfg.node.min_free_disk_mb:
             log.warning("refused instance %s from %r: storage below node.min_free_disk_mb", shown, calling)
+            return OUT_OF_RESOURCES
+        full = quota_refusal(ctx)
+        if full:
+            log.warning("refused instance %s from %r: %s", shown, calling, full)
             return OUT_OF_RESOURCES
         context_class = str(event.context.abstract_syntax)
         # pynetdicom dispatches on the context and checks neither the request's class nor the dataset's.

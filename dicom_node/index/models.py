@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     select,
 )
@@ -114,6 +115,12 @@ class Series(Base):
     # Set on series srnode produced itself: the job id that made it (never routed again).
     # A plain integer, not a foreign key, to keep the series/job tables free of a cycle.
     derived_from_job: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # Retention (dicom_node/retention): an admin's protect flag keeps the series from recycling.
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Set (committed) before recycling deletes any row: a node that died mid-recycle finishes it on start.
+    recycling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    # Recycled, row kept only as the parent of its job history (retention.keep_job_history).
+    recycled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list["Instance"]] = relationship(back_populates="series")
 

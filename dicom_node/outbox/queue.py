@@ -167,3 +167,90 @@ def mark_failed_attempt(session: Session, outbox_id: int, error: str, send: Send
     else:
         row.next_attempt_at = utcnow() + timedelta(seconds=backoff_s(row.attempts, send))
     return row.state
+
+
+# -- delivery health (admin API) ---------------------------------------------------------------
+# A destination that delivered within this long, or has rows waiting that never failed, is "ok";
+# with nothing pending and nothing delivered for this long it is "idle".
+IDLE_AFTER_S = 3600.0
+
+
+@dataclass(frozen=True)
+class DeliveryHealth:
+    """What the admin API reports per destination (see docs/admin.md, "Delivery health")."""
+
+    state: str  # ok | failing | idle
+    pending: int
+    failed: int  # rows that gave up (send.max_attempts)
+    oldest_pending_s: float | None
+    last_error: str
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"state": self.state, "pending": self.pending, "failed": self.failed,
+                "oldest_pending_s": None if self.oldest_pending_s is None else round(self.oldest_pending_s, 1),
+                "last_error": self.last_error,
+                "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
+                "last_failure_at": self.last_failure_at.isoformat() if self.last_failure_at else None}
+
+
+def _last_failure(session: Session, destination: str, send: SendConfig) -> datetime | None:
+    # No column records when an attempt failed; a pending row's next attempt was scheduled at
+    # failure time + backoff_s(attempts), so the failure time is recovered from that.
+    rows = session.execute(
+        select(Outbox.attempts, func.max(Outbox.next_attempt_at))
+        .where(Outbox.destination == destination, Outbox.state == OutboxState.pending, Outbox.attempts > 0)
+        .group_by(Outbox.attempts))
+    times = [_aware(at) - timedelta(seconds=backoff_s(n, send)) for n, at in rows if at is not None]
+    return max(times, default=None)
+
+
+def delivery_health(session: Session, destination: str, send: SendConfig, now: datetime | None = None) -> DeliveryHealth:
+    """Delivery state of one destination from its outbox rows.
+
+    failing: a pending row has failed an attempt and nothing was delivered since that failure;
+    ok: not failing, and rows are pending or something was delivered within IDLE_AFTER_S;
+    idle: nothing pending and nothing delivered within IDLE_AFTER_S.
+    """
+    now = now or utcnow()
+    pending, oldest = session.execute(
+        select(func.count(), func.min(Outbox.created_at))
+        .where(Outbox.destination == destination, Outbox.state == OutboxState.pending)).one()
+    failed = session.scalar(select(func.count()).select_from(Outbox).where(
+        Outbox.destination == destination, Outbox.state == OutboxState.failed)) or 0
+    last_success = session.scalar(select(func.max(Outbox.delivered_at)).where(Outbox.destination == destination))
+    last_success = _aware(last_success) if last_success else None
+    last_failure = _last_failure(session, destination, send)
+    last_error = session.scalar(
+        select(Outbox.last_error).where(Outbox.destination == destination, Outbox.state != OutboxState.delivered,
+                                        Outbox.last_error != "")
+        .order_by(Outbox.next_attempt_at.desc(), Outbox.id.desc()).limit(1)) or ""
+    if last_failure is not None and (last_success is None or last_success < last_failure):
+        state = "failing"
+    elif pending or (last_success is not None and (now - last_success).total_seconds() <= IDLE_AFTER_S):
+        state = "ok"
+    else:
+        state = "idle"
+    return DeliveryHealth(state, int(pending), int(failed),
+                          (now - _aware(oldest)).total_seconds() if oldest else None, last_error,
+                          last_success, last_failure)
+
+
+def retry_now(session: Session, destination: str) -> int:
+    """Make every pending row of `destination` due now (backoff reset); returns how many."""
+    result = session.execute(update(Outbox).where(Outbox.destination == destination,
+                                                  Outbox.state == OutboxState.pending)
+                             .values(next_attempt_at=utcnow()))
+    return int(result.rowcount or 0)
+
+
+def job_delivery(session: Session, job_pks: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Outbox rows per job and state: {job: {pending, failed, delivered}} (jobs without rows: zeros)."""
+    counts = {pk: {s.value: 0 for s in OutboxState} for pk in job_pks}
+    if job_pks:
+        for job_pk, state, n in session.execute(
+                select(Outbox.job_pk, Outbox.state, func.count()).where(Outbox.job_pk.in_(job_pks))
+                .group_by(Outbox.job_pk, Outbox.state)):
+            counts[job_pk][state.value] = n
+    return counts

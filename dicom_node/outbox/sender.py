@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +28,7 @@ from dicom_node.ae import NODELAY
 from dicom_node.index.db import session_scope
 from dicom_node.outbox.confirm import instances_at_peer
 from dicom_node.outbox.queue import (DueItem, due_destinations, due_items, mark_delivered_many,
-                                     mark_failed_attempt, mark_handed, series_keys)
+                                     mark_failed_attempt, mark_handed, retry_now, series_keys)
 from dicom_node.polling import PollingThread
 from dicom_node.qr.fast_store import StoredFile, install, read_ahead
 from dicom_node.storage import resolve_in
@@ -42,7 +43,33 @@ MAX_CONTEXTS = 128
 DELIVERED_COMMIT_ROWS = 32
 DELIVERED_COMMIT_S = 0.5
 MAX_SEND_THREADS = 32
-FAIL_ALL_LOG_S = 1.0
+
+
+class OutageLog:
+    """One WARNING when a destination starts failing and one INFO when it delivers again, whatever
+    the number of passes, lanes and rows in between (the same per-destination contract as the
+    polling loops' "failed ... / works again" lines)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.log = logger
+        self._since: dict[str, float] = {}  # destination → monotonic time its outage began
+        self._lock = threading.Lock()  # the lanes of a destination report from several threads
+
+    def failing(self, destination: str, error: str) -> None:
+        with self._lock:
+            if destination in self._since:
+                return
+            self._since[destination] = time.monotonic()
+        self.log.warning("outbox: %s; its instances wait and are retried with backoff (logged once per outage)",
+                         error)
+
+    def delivered(self, destination: str) -> bool:
+        """Record a delivery; True if it ended an outage."""
+        with self._lock:
+            since = self._since.pop(destination, None)
+        if since is not None:
+            self.log.info("outbox: %s delivers again (outage of %.0f s)", destination, time.monotonic() - since)
+        return since is not None
 
 
 def _contexts(items: list[DueItem]) -> list:
@@ -69,7 +96,7 @@ class OutboxSender:
         self.connect_timeout_s = connect_timeout_s
         self.lanes = cfg.send.associations_per_destination
         self._busy: dict[tuple[str, int], Future] = {}
-        self._refused_logged: dict[str, float] = {}  # error → when last logged (see _fail_all)
+        self.outages = OutageLog(log)
         threads = max(1, min(MAX_SEND_THREADS, (len(cfg.peers) or 1) * self.lanes))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="srnode-send")
         self._poller = PollingThread("srnode-outbox", self.run_once, poll_s, "outbox pass", log)
@@ -112,6 +139,10 @@ class OutboxSender:
                     break
                 sent, complete = self._send_batch(destination, items)
                 delivered += sent
+                if sent and self.outages.delivered(destination):
+                    # Back: the rest of its backlog goes now, not when each row's backoff runs out.
+                    with session_scope(self.factory) as session:
+                        retry_now(session, destination)
                 if not complete:  # the peer is down or went away: the next poll retries after backoff
                     break
         except Exception as exc:  # noqa: BLE001 - runs in the pool, where an exception would vanish
@@ -242,11 +273,8 @@ class OutboxSender:
         with session_scope(self.factory) as session:
             for item in items:
                 mark_failed_attempt(session, item.outbox_id, error, self.cfg.send)
-        # Every association of a destination that is down fails in the same pass: one line for them.
-        now = time.monotonic()
-        if now - self._refused_logged.get(error, 0.0) >= FAIL_ALL_LOG_S:
-            self._refused_logged[error] = now
-            log.warning("outbox: %s; its instances wait for the next attempt", error)
+        # Every association of a destination that is down fails, pass after pass: one line per outage.
+        self.outages.failing(items[0].destination, error)
 
     @staticmethod
     def _tls(peer: PeerConfig) -> tuple[ssl.SSLContext, str] | None:
@@ -255,4 +283,4 @@ class OutboxSender:
         return ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host
 
 
-__all__ = ["OutboxSender", "DELIVERED_STATUSES"]
+__all__ = ["OutboxSender", "OutageLog", "DELIVERED_STATUSES"]

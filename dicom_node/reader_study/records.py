@@ -25,7 +25,7 @@ class StudyError(ValueError):
 
 def reader_accounts(cfg: SRNodeConfig) -> list[str]:
     """Fingerprints of the tokens with role `reader` (how a study names its readers)."""
-    return [token_fingerprint(t) for t, role in cfg.admin.tokens.items() if role == "reader"]
+    return [token_fingerprint(t) for t, e in cfg.admin.token_entries().items() if e.role == "reader"]
 
 
 def audit(session: Session, actor: str, action: str, detail: dict[str, Any]) -> None:

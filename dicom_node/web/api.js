@@ -16,8 +16,14 @@ export class ApiError extends Error {
   }
 }
 
+// No header at all before sign-in: "Bearer null" would be an unknown token to the server.
+function authHeaders() {
+  const t = token.get();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
 async function request(method, path, body) {
-  const headers = { Authorization: `Bearer ${token.get()}` };
+  const headers = authHeaders();
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await r.text();
@@ -33,7 +39,7 @@ export const api = {
   del: (p) => request("DELETE", p),
   // Images need the token too, so they are fetched and shown through object URLs.
   async image(path) {
-    const r = await fetch(path, { headers: { Authorization: `Bearer ${token.get()}` } });
+    const r = await fetch(path, { headers: authHeaders() });
     if (!r.ok) throw new ApiError(r.status, null);
     return URL.createObjectURL(await r.blob());
   },

@@ -10,8 +10,10 @@ import viewer from "./views/viewer.js";
 import audit from "./views/audit.js";
 import series from "./views/series.js";
 import workers from "./views/workers.js";
+import { showOverrides } from "./views/overrides.js";
 
 const VIEWS = { dashboard, peers, routing, models, jobs, workers, series, viewer, audit };
+import storage from "./views/storage.js"; VIEWS.storage = storage; // imports are hoisted; one line on purpose
 export const session = { role: null };
 let cleanup = null;
 
@@ -53,6 +55,7 @@ async function render() {
   const view = VIEWS[name] || dashboard;
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === `#/${name}`);
   main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  showOverrides(session, render).catch((err) => err.status === 401 || toast(errorText(err), "error"));
   try {
     cleanup = (await view(main, args, session)) || null;
   } catch (err) {

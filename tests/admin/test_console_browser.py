@@ -152,7 +152,7 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
         page.get_by_test_id(f"retry-{job['id']}").click()
         expect(page.get_by_test_id(f"job-state-{job['id']}")).to_have_text("done", timeout=90_000)
         page.get_by_test_id("nav-dashboard").click()
-        expect(page.get_by_test_id("dash-jobs")).to_contain_text("done1")
+        expect(page.get_by_test_id("dash-jobs")).to_contain_text("Done1")  # label "Done", count 1
         page.screenshot(path=str(shots / "10-dashboard-after.png"), full_page=True)
         browser.close()
         assert js_errors == []
@@ -161,3 +161,138 @@ def test_login_change_ct_model_run_series_and_compare(node: NodeServer, ct_dirs:
         assert psnr > 30, psnr
         # The model chosen in the console ran on the next series, without a restart.
         assert job["model"] == "lanczos-x2", f"the series was processed with {job['model']!r}"
+
+
+@pytest.fixture()
+def console(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The admin API and console alone (no DICOM side) over a node.yaml and a migrated SQLite index;
+    yields the base URL and the config file (a restart is a new LiveConfig over the same database)."""
+    import yaml
+
+    from config.live import LiveConfig
+    from config.loader import load_config
+    from dicom_node.admin import create_app
+    from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.migrate import upgrade
+
+    cfg_file = tmp_path / "node.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "node": {"storage_dir": str(tmp_path / "storage"), "database_url": f"sqlite:///{tmp_path / 'index.db'}"},
+        "models": {"bicubic-x2": {"arch": "bicubic", "scale": 2}, "lanczos-x2": {"arch": "lanczos", "scale": 2}},
+        "routing": [{"name": "lung", "match": {"modality": "CT", "series_description": "LUNG"},
+                     "model": "bicubic-x2", "on_demand": True},
+                    {"name": "ct", "match": {"modality": "CT"}, "model": "bicubic-x2"}],
+        "admin": {"tokens": {ADMIN: "admin", READ: "read"}},
+    }))
+    cfg = load_config(cfg_file)
+    engine = make_engine(cfg.node.database_url)
+    upgrade(cfg.node.database_url, engine=engine)
+    sessions = session_factory(engine)
+    service = AdminService(create_app(LiveConfig(cfg, sessions), sessions), "127.0.0.1", 0)
+    service.start()
+    yield f"http://127.0.0.1:{service.port}", cfg_file
+    service.stop()
+    engine.dispose()
+
+
+def _sign_in(page: object, base: str) -> None:
+    page.goto(base + "/#/routing")  # type: ignore[attr-defined]
+    page.get_by_test_id("token").fill(ADMIN)  # type: ignore[attr-defined]
+    page.get_by_test_id("login").click()  # type: ignore[attr-defined]
+
+
+def test_routing_page_keeps_one_state_and_refuses_a_stale_save(console: tuple[str, Path], shots: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ = console
+    with sync_playwright() as p, httpx.Client(base_url=base, headers=auth(READ), timeout=30) as http:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        js_errors: list[str] = []
+        page.on("pageerror", lambda exc: js_errors.append(str(exc)))
+        _sign_in(page, base)
+        # "Model for CT" is the general rule's, not the narrow LUNG one above it; both show their match.
+        expect(page.get_by_test_id("modality-rule-CT")).to_have_text("ct modality: CT")
+        expect(page.get_by_test_id("rules-table")).to_contain_text("modality: CT, series_description: LUNG")
+        expect(page.get_by_test_id("model-save-CT")).to_have_text("Apply to ct")
+
+        # The lost update of issue 17: Apply a model, then edit the JSON and save it.
+        page.get_by_test_id("model-select-CT").select_option("lanczos-x2")
+        page.get_by_test_id("model-save-CT").click()
+        expect(page.get_by_test_id("toast")).to_contain_text("CT now uses lanczos-x2 (rule ct)")
+        expect(page.get_by_test_id("rules-json")).to_have_value(re.compile(r'"model": "lanczos-x2"'))
+        edited = page.get_by_test_id("rules-json").input_value().replace('"name": "lung"', '"name": "lung-demand"')
+        page.get_by_test_id("rules-json").fill(edited)
+        page.get_by_test_id("rules-save").click()
+        expect(page.get_by_test_id("toast")).to_have_text("Rules saved")
+        expect(page.get_by_test_id("rule-name-0")).to_have_text("lung-demand")
+        page.screenshot(path=str(shots / "11-routing-one-state.png"), full_page=True)
+        rules = http.get("/api/routing").json()
+        assert [(r["name"], r["model"]) for r in rules] == [("lung-demand", "bicubic-x2"), ("ct", "lanczos-x2")]
+
+        # A second console (another admin) changes CT meanwhile: this page's JSON save is refused.
+        other = browser.new_page()
+        _sign_in(other, base)
+        other.get_by_test_id("model-select-CT").select_option("bicubic-x2")
+        other.get_by_test_id("model-save-CT").click()
+        expect(other.get_by_test_id("toast")).to_contain_text("CT now uses bicubic-x2")
+        page.get_by_test_id("rules-json").fill(page.get_by_test_id("rules-json").input_value()
+                                               .replace('"priority": "routine"', '"priority": "stat"', 1))
+        page.get_by_test_id("rules-save").click()
+        expect(page.get_by_test_id("toast")).to_contain_text("409: the routing rules were changed by admin:")
+        page.screenshot(path=str(shots / "12-routing-stale-save-refused.png"), full_page=True)
+        assert [r["model"] for r in http.get("/api/routing").json()] == ["bicubic-x2", "bicubic-x2"]
+        assert all(r["priority"] == "routine" for r in http.get("/api/routing").json())
+        browser.close()
+    assert js_errors == []
+
+
+def test_override_banner_lists_reports_and_reverts(console: tuple[str, Path], shots: Path) -> None:
+    import yaml
+    from playwright.sync_api import expect, sync_playwright
+
+    from config.live import LiveConfig, read_overrides
+    from config.loader import load_config
+    from dicom_node.admin import create_app
+    from dicom_node.index.db import make_engine, session_factory
+
+    base, cfg_file = console
+    with httpx.Client(base_url=base, headers=auth(ADMIN), timeout=30) as http:
+        assert http.put("/api/routing/modalities/CT", json={"model": "lanczos-x2"}).status_code == 200
+    # The operator edits the file's CT rule afterwards; the override, made before, still wins.
+    data = yaml.safe_load(cfg_file.read_text())
+    data["routing"][1]["scale"] = 2
+    cfg_file.write_text(yaml.safe_dump(data))
+    # Restart: a new LiveConfig over the edited file and the same database.
+    cfg = load_config(cfg_file)
+    engine = make_engine(cfg.node.database_url)
+    restarted = LiveConfig(cfg, session_factory(engine))
+    assert [o.file_changed for o in restarted.overrides()] == [True]
+    service = AdminService(create_app(restarted, session_factory(engine)), "127.0.0.1", 0)
+    service.start()
+    base = f"http://127.0.0.1:{service.port}"
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            js_errors: list[str] = []
+            page.on("pageerror", lambda exc: js_errors.append(str(exc)))
+            page.on("dialog", lambda dialog: dialog.accept())
+            _sign_in(page, base)
+            banner = page.get_by_test_id("overrides-banner")
+            expect(banner).to_contain_text("Console changes override node.yaml for: routing.")
+            expect(page.get_by_test_id("overrides-file-changed")).to_contain_text(
+                "edited under the override of routing")
+            expect(page.get_by_test_id("model-select-CT")).to_have_value("lanczos-x2")
+            page.screenshot(path=str(shots / "13-override-banner.png"), full_page=True)
+            page.get_by_test_id("revert-routing").click()
+            expect(page.get_by_test_id("toast")).to_contain_text("routing: the file's value is in force")
+            expect(banner).to_be_hidden()
+            expect(page.get_by_test_id("model-select-CT")).to_have_value("bicubic-x2")  # the page re-rendered
+            page.screenshot(path=str(shots / "14-override-reverted.png"), full_page=True)
+            browser.close()
+        assert js_errors == []
+        assert read_overrides(session_factory(engine), cfg) == []
+    finally:
+        service.stop()
+        engine.dispose()

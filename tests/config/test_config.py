@@ -198,3 +198,25 @@ def test_config_check_says_only_ok_for_the_embedded_default(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     code, out = _check(tmp_path, "node: {port: 11112}\n", capsys)
     assert (code, out) == (0, ["OK"])
+
+
+def test_config_overrides_on_a_database_never_migrated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"node: {{database_url: 'sqlite:///{tmp_path / 'new.db'}'}}\n")
+    assert main(["config", "overrides", "--config", str(path)]) == 0
+    assert main(["config", "overrides", "--config", str(path), "--clear"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["no overrides: the file is in force"] * 2
+
+
+def test_routing_rule_names_must_be_unique_in_the_file_too(tmp_path: Path) -> None:
+    rules = [{"name": "ct", "match": {"modality": "CT"}, "model": "bicubic"},
+             {"name": "CT", "match": {"modality": "MR"}, "model": "bicubic"}]
+    with pytest.raises(ConfigError, match=r"routing\.1\.name: 'CT' is already the name of an earlier rule"):
+        parse_config({"routing": rules}, base_dir=tmp_path, environ={})
+    # An explicit name may not take a positional one either (jobs name their rule by it).
+    with pytest.raises(ConfigError, match=r"routing\.1\.name"):
+        parse_config({"routing": [{"match": {"modality": "CT"}, "model": "bicubic"},
+                                  {"name": "rule-0", "match": {"modality": "MR"}, "model": "bicubic"}]},
+                     base_dir=tmp_path, environ={})

@@ -50,7 +50,8 @@ def node_config(tmp_path: Path, shared_dir: Path) -> dict[str, Any]:
         "models": {"esrgan-anime": {"arch": "realesrgan", "weights": str(weights), "scale": 4}},
         "worker": {"device": "cpu", "batch_size": 1},
         "admin": {"host": "127.0.0.1", "port": 0,
-                  "tokens": {ADMIN: "admin", READ: "read", READERS[0]: "reader", READERS[1]: "reader",
+                  "tokens": {ADMIN: "admin", READ: "read", READERS[0]: "reader",
+                             READERS[1]: {"role": "reader", "name": "Dr. Kim"},
                              STRANGER: "reader"}},
     }
 

@@ -215,3 +215,8 @@ def test_cli_lists_and_exports_results(client: TestClient, stored_slices: list[s
     assert out_csv.read_bytes() == client.get(f"/api/reader-studies/{sid}/results.csv", headers=auth(ADMIN)).content
     assert out_png.read_bytes()[:4] == b"\x89PNG" and len((tmp_path / "a.csv").read_text().splitlines()) == 3
     assert main(["reader-study", "results", "999", "--config", str(config)]) == 1
+
+
+def test_readers_are_listed_with_the_name_their_token_was_given(client: TestClient) -> None:
+    readers = {r["reader"]: r["name"] for r in client.get("/api/reader-studies/readers", headers=auth(ADMIN)).json()}
+    assert readers[fp(READERS[0])] == "" and readers[fp(READERS[1])] == "Dr. Kim"

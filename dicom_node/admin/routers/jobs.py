@@ -11,6 +11,7 @@ from dicom_node.admin.auth import Principal, require_admin, require_read
 from dicom_node.admin.context import ctx_of, log
 from dicom_node.admin.params import Offset, RowId
 from dicom_node.index.models import Audit, Job, JobState, Series, utcnow
+from dicom_node.outbox.queue import job_delivery
 
 router = APIRouter(tags=["jobs"])
 
@@ -21,8 +22,9 @@ RETRYABLE = (JobState.failed, JobState.cancelled, JobState.done_with_errors, Job
 CANCELLABLE = (JobState.queued, JobState.running)
 
 
-def job_view(job: Job, series: Series) -> dict[str, Any]:
-    """A job as the API shows it (no patient data)."""
+def job_view(job: Job, series: Series, delivery: dict[str, int] | None = None) -> dict[str, Any]:
+    """A job as the API shows it (no patient data); `delivery`: its outbox rows per state, so a
+    "done" job whose instances still wait for a peer says so."""
     try:
         timings = json.loads(job.timings) if job.timings else {}
     except ValueError:
@@ -49,6 +51,7 @@ def job_view(job: Job, series: Series) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "timings": timings,
+        "delivery": delivery or {"pending": 0, "failed": 0, "delivered": 0},
     }
 
 
@@ -69,7 +72,9 @@ def list_jobs(
         q = q.where(Series.modality == modality.upper())
     q = q.order_by(Job.id.desc()).limit(limit).offset(offset)
     with ctx_of(request).sessions() as session:
-        return [job_view(job, series) for job, series in session.execute(q).all()]
+        rows = session.execute(q).all()
+        delivery = job_delivery(session, [job.id for job, _s in rows])
+        return [job_view(job, series, delivery[job.id]) for job, series in rows]
 
 
 def _load(session: Any, job_id: int) -> tuple[Job, Series]:
@@ -85,7 +90,7 @@ def _load(session: Any, job_id: int) -> tuple[Job, Series]:
 def get_job(job_id: RowId, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     """One job with progress and per-stage timings."""
     with ctx_of(request).sessions() as session:
-        return job_view(*_load(session, job_id))
+        return job_view(*_load(session, job_id), job_delivery(session, [job_id])[job_id])
 
 
 def _transition(request: Request, job_id: int, allowed: tuple[JobState, ...], new: JobState,

@@ -19,6 +19,7 @@ from dicom_node import metrics
 from dicom_node.admin.context import AdminContext, ctx_of
 from dicom_node.admin.routers.stats import index_snapshot
 from dicom_node.index.models import unserved_jobs, utcnow
+from dicom_node.retention.usage import quota_refusal, recycled_bytes, usage_by_kind
 
 router = APIRouter(tags=["operations"])
 
@@ -32,6 +33,12 @@ def install_snapshot_sources(ctx: AdminContext) -> None:
 
     metrics.SNAPSHOT.index = snapshot
     metrics.SNAPSHOT.disk_paths = {"storage": _existing(Path(ctx.live.base.node.storage_dir))}
+
+    def storage() -> metrics.StorageSnapshot:
+        with ctx.sessions() as session:
+            return metrics.StorageSnapshot(usage_by_kind(session), recycled_bytes(session))
+
+    metrics.STORAGE.source = storage
 
 
 def _existing(path: Path) -> Path:
@@ -77,6 +84,15 @@ def _check_disk(storage: Path, min_free_mb: int) -> str:
     return f"ok ({free_mb} MB free)"
 
 
+def _check_quota(ctx: AdminContext) -> str:
+    """Fails while the node refuses instances: above retention.quota_mb with nothing to recycle."""
+    with ctx.sessions() as session:
+        refusal = quota_refusal(session, ctx.live.base.retention)
+    if refusal:
+        raise RuntimeError(refusal)
+    return "ok"
+
+
 def _check_workers(ctx: AdminContext) -> str:
     """Queued jobs that no live, healthy worker consumes: said here, but readiness does not fail
     on it (the node still stores and serves; an orchestrator would turn the scanners away)."""
@@ -87,7 +103,8 @@ def _check_workers(ctx: AdminContext) -> str:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """Readiness: index database reachable, storage writable, disk above node.min_free_disk_mb.
+    """Readiness: index database reachable, storage writable, disk above node.min_free_disk_mb, not
+    refusing for retention.quota_mb (exceeded with nothing eligible to recycle).
     `checks.workers` warns when queued jobs find no healthy worker (not counted against readiness)."""
     ctx = ctx_of(request)
     node = ctx.live.base.node
@@ -98,6 +115,7 @@ def readyz(request: Request) -> JSONResponse:
         ("database", lambda: _check_db(ctx)),
         ("storage", lambda: _check_storage(storage)),
         ("disk", lambda: _check_disk(storage, node.min_free_disk_mb)),
+        ("quota", lambda: _check_quota(ctx)),
     ):
         try:
             checks[name] = fn()

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from dicom_node.admin.auth import Principal, require_admin, require_read
-from dicom_node.admin.context import ctx_of
+from dicom_node.admin.context import ctx_of, log
 from dicom_node.admin.echo import echo_peer
+from dicom_node.index.audit import audit_change
+from dicom_node.outbox.queue import delivery_health, retry_now
 
 router = APIRouter(tags=["peers"])
 
@@ -18,9 +20,12 @@ PEER_EXAMPLE = {"ae_title": "PACS", "host": "10.0.0.5", "port": 104, "tls": Fals
 
 @router.get("/peers")
 def list_peers(request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
-    """All peers in force, by key."""
-    cfg = ctx_of(request).live.current()
-    return {key: peer.model_dump(mode="json") for key, peer in cfg.peers.items()}
+    """All peers in force, by key, each with its `delivery` health (docs/admin.md, "Delivery health")."""
+    ctx = ctx_of(request)
+    cfg = ctx.live.current()
+    with ctx.sessions() as session:
+        return {key: {**peer.model_dump(mode="json"), "delivery": delivery_health(session, key, cfg.send).as_json()}
+                for key, peer in cfg.peers.items()}
 
 
 @router.put("/peers/{key}")
@@ -59,3 +64,17 @@ async def echo(key: str, request: Request, _: Principal = Depends(require_admin)
         raise HTTPException(404, f"no peer {key!r}")
     result = await run_in_threadpool(echo_peer, peer, cfg.node.ae_title)
     return {"peer": key, **asdict(result)}
+
+
+@router.post("/peers/{key}/retry")
+def retry(key: str, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
+    """Retry now: make every pending instance for the peer due at once (its backoff is reset); the
+    sender, which looks at the outbox every half second, sends them at its next pass."""
+    ctx = ctx_of(request)
+    if key not in ctx.live.current().peers:
+        raise HTTPException(404, f"no peer {key!r}")
+    with ctx.sessions() as session, session.begin():
+        rows = retry_now(session, key)
+        audit_change(session, who.actor, f"peer.retry.{key}", None, {"pending_made_due": rows}, "retry-now")
+    log.info("peer %s: %d pending instance(s) made due now by %s", key, rows, who.actor)
+    return {"peer": key, "pending_made_due": rows}

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from dicom_node.admin.auth import Principal, _bearer, _principal, require_admin, require_read
+from dicom_node.admin.auth import Principal, _bearer, _principal, require_admin, require_read, token_names
 from dicom_node.admin.context import bad_key, ctx_of
 from dicom_node.admin.params import RowId
 from dicom_node.admin.render import window_png
@@ -49,8 +49,11 @@ def _storage(request: Request) -> Path:
 
 @router.get("/reader-studies/readers")
 def readers(request: Request, _: Principal = Depends(require_read)) -> list[dict[str, str]]:
-    """Reader accounts a study can name: fingerprints of the tokens with role reader."""
-    return [{"reader": fp} for fp in reader_accounts(ctx_of(request).live.current())]
+    """Reader accounts a study can name: fingerprints of the tokens with role reader, and the
+    display name an admin gave the token (admin.tokens: {role, name}), if any."""
+    cfg = ctx_of(request).live.current()
+    names = token_names(cfg)
+    return [{"reader": fp, "name": names.get(fp, "")} for fp in reader_accounts(cfg)]
 
 
 @router.get("/reader-studies/series/{series_uid}/slices")

@@ -1,4 +1,5 @@
-"""Series state: list with filters, one series with its jobs."""
+"""Series state: list with filters, one series with its jobs. A recycled series whose row stays
+only as its jobs' parent (retention.keep_job_history) is left out unless `?recycled=true`."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,6 +12,7 @@ from dicom_node.admin.context import ctx_of
 from dicom_node.admin.params import Offset
 from dicom_node.admin.routers.jobs import job_view
 from dicom_node.index.models import Instance, Job, Series, SeriesState
+from dicom_node.outbox.queue import job_delivery
 
 router = APIRouter(tags=["series"])
 
@@ -32,6 +34,8 @@ def series_view(series: Series, n_instances: int) -> dict[str, Any]:
         "likely_incomplete": series.likely_incomplete,
         "incomplete_reason": series.incomplete_reason,
         "derived_from_job": series.derived_from_job,
+        "protected": series.protected,
+        "recycled_at": series.recycled_at.isoformat() if series.recycled_at else None,
     }
 
 
@@ -44,12 +48,15 @@ def list_series(
     state: SeriesState | None = None,
     modality: str | None = None,
     derived: bool | None = None,
+    recycled: bool = False,
     limit: int = Query(100, ge=1, le=1000),
     offset: Offset = 0,
     _: Principal = Depends(require_read),
 ) -> list[dict[str, Any]]:
-    """Series, most recently received first."""
+    """Series, most recently received first (history-only rows of recycled series with `recycled`)."""
     q = select(Series, _COUNT)
+    if not recycled:
+        q = q.where(Series.recycled_at.is_(None))
     if state is not None:
         q = q.where(Series.state == state)
     if modality:
@@ -62,12 +69,17 @@ def list_series(
 
 
 @router.get("/series/{series_uid}")
-def get_series(series_uid: str, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
-    """One series with the jobs made from it."""
+def get_series(series_uid: str, request: Request, recycled: bool = False,
+               _: Principal = Depends(require_read)) -> dict[str, Any]:
+    """One series with the jobs made from it (a recycled, history-only one with `recycled`)."""
+    q = select(Series, _COUNT).where(Series.series_uid == series_uid)
+    if not recycled:
+        q = q.where(Series.recycled_at.is_(None))
     with ctx_of(request).sessions() as session:
-        row = session.execute(select(Series, _COUNT).where(Series.series_uid == series_uid)).first()
+        row = session.execute(q).first()
         if row is None:
             raise HTTPException(404, "no such series")
         series, n = row
         jobs = session.execute(select(Job).where(Job.series_pk == series.id).order_by(Job.id)).scalars().all()
-        return {**series_view(series, n), "jobs": [job_view(j, series) for j in jobs]}
+        delivery = job_delivery(session, [j.id for j in jobs])
+        return {**series_view(series, n), "jobs": [job_view(j, series, delivery[j.id]) for j in jobs]}

@@ -1,11 +1,14 @@
-"""Dashboard numbers: queue, throughput, failures."""
+"""Dashboard numbers: queue, throughput, failures, disk; history of throughput and queue depth."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import shutil
+from bisect import bisect_right
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import case, func, select
 
 from dicom_node.admin.auth import Principal, require_read
@@ -76,6 +79,7 @@ def stats(request: Request, _: Principal = Depends(require_read)) -> dict[str, A
 
         done = select(func.count()).select_from(Job).where(Job.state.in_(FINISHED_STATES))
         received = select(func.count()).select_from(Instance).join(Series).where(Series.derived_from_job.is_(None))
+        disk = disk_usage(Path(ctx_of(request).live.base.node.storage_dir))
         failed = session.execute(
             select(Job.id, Job.model, Job.error, Job.finished_at)
             .where(Job.state.in_((JobState.failed, JobState.done_with_errors))).order_by(Job.id.desc()).limit(5)
@@ -90,6 +94,7 @@ def stats(request: Request, _: Principal = Depends(require_read)) -> dict[str, A
                 "instances_received_1h": count(received.where(Instance.received_at >= hour)),
                 "instances_received_24h": count(received.where(Instance.received_at >= day)),
             },
+            "disk": disk,
             "failures": {
                 "jobs_failed": jobs[JobState.failed.value],
                 "jobs_done_with_errors": jobs[JobState.done_with_errors.value],
@@ -100,3 +105,74 @@ def stats(request: Request, _: Principal = Depends(require_read)) -> dict[str, A
                 ],
             },
         }
+
+
+def disk_usage(storage_dir: Path) -> dict[str, int] | None:
+    """Used, free and total bytes of the file system holding storage_dir (None if it is missing)."""
+    try:
+        usage = shutil.disk_usage(storage_dir)
+    except OSError:
+        return None
+    return {"used_bytes": usage.used, "free_bytes": usage.free, "total_bytes": usage.total}
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; every time in the index is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _per_bucket(times: list[datetime], start: datetime, bucket_s: int, n: int) -> list[int]:
+    counts = [0] * n
+    for t in times:
+        k = int((_aware(t) - start).total_seconds() // bucket_s)
+        if 0 <= k < n:
+            counts[k] += 1
+    return counts
+
+
+def _open_at(spans: list[tuple[datetime, datetime | None]], ends: list[datetime]) -> list[int]:
+    """How many (opened, closed) spans were open at each instant of `ends`: started ≤ t < closed."""
+    opened = sorted(_aware(a) for a, _b in spans)
+    closed = sorted(_aware(b) for _a, b in spans if b is not None)
+    return [bisect_right(opened, t) - bisect_right(closed, t) for t in ends]
+
+
+def bucket_seconds(hours: int) -> int:
+    """10-minute buckets up to 12 h, hourly beyond (at most 48 points per chart)."""
+    return 600 if hours <= 12 else 3600
+
+
+@router.get("/stats/history")
+def stats_history(
+    request: Request,
+    hours: int = Query(6, ge=1, le=48, description="how far back"),
+    _: Principal = Depends(require_read),
+) -> dict[str, Any]:
+    """Per time bucket: jobs finished, source instances received, instances delivered (counts in the
+    bucket), and queue depth at the bucket's end (jobs not finished, outbox rows not delivered)."""
+    now = utcnow()
+    step = bucket_seconds(hours)
+    n = hours * 3600 // step
+    start = now - timedelta(seconds=n * step)
+    ends = [start + timedelta(seconds=(k + 1) * step) for k in range(n)]
+    with ctx_of(request).sessions() as session:
+        done = list(session.scalars(select(Job.finished_at).where(Job.finished_at >= start)))
+        received = list(session.scalars(select(Instance.received_at).join(Series)
+                                        .where(Series.derived_from_job.is_(None), Instance.received_at >= start)))
+        delivered = list(session.scalars(select(Outbox.delivered_at).where(Outbox.delivered_at >= start)))
+        jobs_open = session.execute(select(Job.created_at, Job.finished_at).where(
+            (Job.finished_at.is_(None)) | (Job.finished_at >= start))).all()
+        # Rows that gave up (state failed) record no time; they count as waiting until now.
+        outbox_open = session.execute(select(Outbox.created_at, Outbox.delivered_at).where(
+            (Outbox.delivered_at.is_(None)) | (Outbox.delivered_at >= start))).all()
+    return {
+        "hours": hours,
+        "bucket_s": step,
+        "start": start.isoformat(),
+        "buckets": [t.isoformat() for t in ends],
+        "jobs_done": _per_bucket(done, start, step, n),
+        "instances_received": _per_bucket(received, start, step, n),
+        "instances_delivered": _per_bucket(delivered, start, step, n),
+        "jobs_waiting": _open_at(list(jobs_open), ends),
+        "outbox_pending": _open_at(list(outbox_open), ends),
+    }

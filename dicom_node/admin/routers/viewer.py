@@ -99,13 +99,50 @@ def job_slices(job_id: RowId, request: Request, _: Principal = Depends(require_r
     }
 
 
+# The LR operator (antialiased bicubic) spreads a padded pixel's error this far (LR pixels) at x2-x4.
+PAD_MARGIN_PX = 2
+
+
+def padding_limit(path: Path) -> float | None:
+    """The source's padding as a modality value (PixelPaddingValue, or the top of the range up to
+    PixelPaddingRangeLimit, through the rescale); None without padding."""
+    from pydicom import dcmread
+
+    ds = dcmread(path, stop_before_pixels=True)
+    pad = ds.get("PixelPaddingValue")
+    if pad is None:
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    top = max(int(pad), int(limit)) if limit is not None else int(pad)
+    return top * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def psnr_mask(src: np.ndarray, pad_top: float | None) -> np.ndarray:
+    """Pixels that count in the LR-consistency PSNR: inside the reconstruction circle (the disc
+    inscribed in the slice) and not padding (values at or below the padding value, which the model's
+    intensity path clips, so they would count as error), with a margin the LR operator spreads into."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = src.shape
+    yy, xx = np.ogrid[:h, :w]
+    radius = min(h, w) / 2
+    outside = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 > radius**2
+    if pad_top is not None:
+        outside |= src <= pad_top
+    grown = F.max_pool2d(torch.from_numpy(outside.astype(np.float32))[None, None], 2 * PAD_MARGIN_PX + 1,
+                         stride=1, padding=PAD_MARGIN_PX)
+    return ~(grown[0, 0].numpy() > 0)
+
+
 @router.get("/jobs/{job_id}/slices/{k}/psnr")
 def slice_psnr(job_id: RowId, k: Index, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
-    """LR-consistency PSNR: the derived slice degraded back by the job's scale vs the original."""
+    """LR-consistency PSNR: the derived slice degraded back by the job's scale vs the original, over
+    the pixels of psnr_mask (padding and the corners outside the reconstruction circle left out)."""
     import torch
 
     from sr_engine.intensity import mapping_for
-    from sr_engine.metrics import lr_consistency_psnr
+    from sr_engine.metrics import degrade
 
     job, pair, storage = _pair(request, job_id, k)
     src, modality, _w = _slice(storage, pair["source"], 0)
@@ -113,14 +150,13 @@ def slice_psnr(job_id: RowId, k: Index, request: Request, _: Principal = Depends
     if der.shape != (src.shape[0] * job.scale, src.shape[1] * job.scale):
         raise HTTPException(409, f"derived slice {der.shape} is not x{job.scale} of the original {src.shape}")
     mapping = mapping_for(modality, src)
-    value = lr_consistency_psnr(
-        torch.from_numpy(np.array(der, dtype=np.float32))[None, None],
-        torch.from_numpy(np.array(src, dtype=np.float32))[None, None],
-        job.scale,
-        mapping.high - mapping.low,
-    )
-    db = float(value.reshape(-1)[0])
-    return {"k": k, "psnr_db": db if np.isfinite(db) else None, "data_range": mapping.high - mapping.low}
+    back = degrade(torch.from_numpy(np.array(der, dtype=np.float64))[None, None], job.scale)[0, 0].numpy()
+    mask = psnr_mask(src, padding_limit(resolve_in(storage, pair["source"].file_path)))
+    data_range = mapping.high - mapping.low
+    mse = float(np.mean((back[mask] - src[mask].astype(np.float64)) ** 2)) if mask.any() else float("nan")
+    db = 10 * np.log10(data_range**2 / mse) if mse > 0 else float("inf")
+    return {"k": k, "psnr_db": db if np.isfinite(db) else None, "data_range": data_range,
+            "pixels_used": round(float(mask.mean()), 4)}
 
 
 @router.get("/jobs/{job_id}/slices/{k}/{which}.png", response_class=Response)

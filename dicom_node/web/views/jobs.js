@@ -5,6 +5,14 @@ import { h, table, toast, errorText, fmtTime } from "../ui.js";
 const STATES = ["", "queued", "running", "done", "done_with_errors", "failed", "cancelled"];
 const FINISHED = ["done", "done_with_errors"];
 
+// A finished job is not done for the PACS until its instances are delivered: say what waits.
+function delivery(r) {
+  const d = r.delivery;
+  if (!d || (!d.pending && !d.failed)) return d && d.delivered ? h("span", { class: "muted" }, ` · ${d.delivered} delivered`) : null;
+  return h("span", { class: d.failed ? "state failed" : "state pending", testid: `job-delivery-${r.id}` },
+    ` · ${d.pending ? `${d.pending} waiting to be sent` : ""}${d.pending && d.failed ? ", " : ""}${d.failed ? `${d.failed} not delivered (gave up)` : ""}`);
+}
+
 export default async function jobs(main, args, session) {
   const admin = session.role === "admin";
   const state = h("select", { testid: "job-state" }, STATES.map((s) => h("option", { value: s }, s || "any state")));
@@ -23,7 +31,9 @@ export default async function jobs(main, args, session) {
     const rows = await api.get(`/api/jobs?${q}`);
     holder.replaceChildren(table([
       { title: "Job", render: (r) => r.id },
-      { title: "State", render: (r) => h("span", { class: `state ${r.state}`, testid: `job-state-${r.id}` }, r.state) },
+      { title: "State", render: (r) => h("span", {},
+        h("span", { class: `state ${r.state}`, testid: `job-state-${r.id}` }, r.state),
+        delivery(r)) },
       { title: "Modality", render: (r) => r.modality },
       { title: "Series", render: (r) => r.series_description || r.series_uid.slice(-12) },
       { title: "Model", render: (r) => `${r.model} x${r.scale}` },

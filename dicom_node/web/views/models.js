@@ -1,5 +1,6 @@
 // Models: registry (built-ins and configured), details with sha256 and model card, add a checkpoint.
 import { api } from "../api.js";
+import { markdown } from "./markdown.js";
 import { h, table, toast, errorText } from "../ui.js";
 
 export default async function models(main, args, session) {
@@ -10,7 +11,7 @@ export default async function models(main, args, session) {
 
   async function show(name) {
     const m = await api.get(`/api/models/${encodeURIComponent(name)}`);
-    const card = m.card ? h("pre", { class: "card-text" }, m.card.text) : h("p", { class: "muted" }, "no model card found beside the weights");
+    const card = m.card ? markdown(m.card.text) : h("p", { class: "muted" }, "no model card found beside the weights");
     detail.replaceChildren(h("h3", {}, m.name),
       h("dl", {},
         h("dt", {}, "architecture"), h("dd", {}, `${m.arch} x${m.scale}`),

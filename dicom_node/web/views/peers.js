@@ -23,6 +23,9 @@ export default async function peers(main, _args, session) {
     { title: "Host", render: (r) => r.host },
     { title: "Port", render: (r) => r.port },
     { title: "TLS", render: (r) => (r.tls ? "yes" : "no") },
+    { title: "Delivery", render: (r) => r.delivery && h("span", { title: r.delivery.last_error || "" },
+      h("span", { class: `state ${r.delivery.state}`, testid: `peer-delivery-${r.key}` }, r.delivery.state),
+      ` ${r.delivery.pending} waiting`) },
     { title: "", render: (r) => {
       const result = h("span", { testid: `echo-result-${r.key}` });
       return h("span", {},

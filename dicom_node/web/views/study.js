@@ -42,7 +42,7 @@ async function createForm(role) {
     h("input", { type: "checkbox", value: m.name, disabled: m.scale !== 4 || !m.usable, testid: `model-${m.name}` }),
     ` ${m.name} (${m.arch} x${m.scale})`));
   const readerChecks = readers.map((r) => h("label", {},
-    h("input", { type: "checkbox", value: r.reader, testid: `reader-${r.reader}` }), ` reader ${r.reader}`));
+    h("input", { type: "checkbox", value: r.reader, testid: `reader-${r.reader}` }), r.name ? ` ${r.name} (${r.reader})` : ` reader ${r.reader}`));
   const task = h("select", { testid: "study-task" }, h("option", { value: "rank" }, "rank all candidates per case (Table 5)"),
     h("option", { value: "pairwise" }, "pick the better of two (pairwise)"));
   const gt = h("input", { type: "checkbox", testid: "study-gt" });
