@@ -8,8 +8,10 @@ config.schema.ModelEntry before it is written.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -49,17 +51,25 @@ def registry_entry(arch: str, weights: Path, sha256: str, scale: int, low: float
 def add_model_entry(config_path: Path, name: str, entry: ModelEntry) -> None:
     """Add or replace `models.<name>` in a node YAML, validating the whole file first.
 
-    PyYAML does not keep comments: the file is rewritten without them.
+    An admin's file keeps its comments, key order and layout (ruamel.yaml round-trip; PyYAML would
+    drop the comments), and the previous version is kept beside it as `<file>.bak`.
     """
-    data: dict[str, Any] = {}
-    if config_path.exists():
-        data = yaml.safe_load(config_path.read_text()) or {}
-    models = data.setdefault("models", {}) or {}
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    old_text = config_path.read_text() if config_path.exists() else ""
+    data = rt.load(old_text) or {}
+    models = data.get("models") or {}
     models[name] = json.loads(entry.model_dump_json(exclude_none=True))
     data["models"] = models
-    parse_config(data)  # raises ConfigError naming the key if the result is invalid
+    out = io.StringIO()
+    rt.dump(data, out)
+    parse_config(yaml.safe_load(out.getvalue()) or {})  # raises ConfigError naming the key if invalid
+    if old_text:
+        shutil.copy2(config_path, config_path.with_name(f"{config_path.name}.bak"))
     tmp = config_path.with_name(f".{config_path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.write_text(out.getvalue())
     os.replace(tmp, config_path)
 
 

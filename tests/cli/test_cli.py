@@ -24,12 +24,17 @@ def test_registering_commands_imports_no_torch() -> None:
 def test_models_add_registers_the_shipped_checkpoint(tmp_path: Path, repo_root: Path) -> None:
     card = repo_root / "models" / "ct-realesrgan-anime6b" / "model_card.json"
     config = tmp_path / "node.yaml"
-    config.write_text(yaml.safe_dump({"node": {"ae_title": "SRNODE"}}))
+    original = "# our PACS routing node (edited by hand)\nnode: {ae_title: SRNODE}  # called by the scanners\n"
+    config.write_text(original)
     added = subprocess.run([*SRNODE, "models", "add", "--card", str(card), "--config", str(config),
                             "--name", "ct-demo"], capture_output=True, text=True)
     assert added.returncode == 0, added.stderr
     entry = yaml.safe_load(config.read_text())["models"]["ct-demo"]
     assert entry["arch"] == "realesrgan" and len(entry["sha256"]) == 64
+    # The admin's comments survive, and the file as it was is kept beside it.
+    assert "# our PACS routing node (edited by hand)" in config.read_text()
+    assert "# called by the scanners" in config.read_text()
+    assert (tmp_path / "node.yaml.bak").read_text() == original
     listed = subprocess.run([*SRNODE, "models", "list", "--config", str(config)], capture_output=True, text=True)
     row = next(line for line in listed.stdout.splitlines() if line.startswith("ct-demo"))
     assert " ok " in f" {row} ", row  # weights found at the registered path
