@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -12,8 +12,15 @@ from config.schema import SRNodeConfig
 from dicom_node.polling import PollingThread
 from dicom_node.retention.recycler import finish_interrupted, run_pass
 
-if TYPE_CHECKING:
-    from dicom_node.server import NodeServer
+
+
+class _Node(Protocol):
+    """What the service needs of the NodeServer (not imported: the quota check in the handlers
+    imports this package, and the server imports the handlers)."""
+
+    cfg: SRNodeConfig
+    session_factory: sessionmaker[Session]
+    storage_dir: Path
 
 log = logging.getLogger("dicom_node.retention")
 
@@ -45,6 +52,6 @@ class RetentionService:
         return run_pass(self.factory, self.storage_dir, rc)
 
 
-def make_service(node: NodeServer) -> RetentionService:
+def make_service(node: _Node) -> RetentionService:
     """Always started: even with retention off now, a recycle interrupted earlier is finished."""
     return RetentionService(node.cfg, node.session_factory, node.storage_dir)
