@@ -10,11 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from pydicom import dcmread
@@ -32,20 +29,10 @@ from dicom_node.outbox.queue import due_items, enqueue, mark_delivered_many
 from dicom_node.outbox.sender import OutboxSender
 from tests.conftest import REPO_ROOT, free_port
 from tests.dicom_node.conftest import pg_url  # noqa: F401 - fixture
+from tests.faults.harness import wait_until
 
 DEST = "DEST"
 LANES = 3
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], timeout_s: float, what: str, every_s: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_queued(url: str, storage: Path, ct_dirs: list[Path], count: int = 60,
