@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 INTERPOLATOR_ARCHS: tuple[str, ...] = ("bicubic", "lanczos")
-NETWORK_ARCHS: tuple[str, ...] = ("realesrgan", "bsrgan", "dpsr", "swinir", "hat")
+# The paper's five, then `compact` (Real-ESRGAN's SRVGGNetCompact): the fast CPU architecture.
+NETWORK_ARCHS: tuple[str, ...] = ("realesrgan", "bsrgan", "dpsr", "swinir", "hat", "compact")
 KNOWN_ARCHS: tuple[str, ...] = INTERPOLATOR_ARCHS + NETWORK_ARCHS

@@ -1,6 +1,7 @@
-"""The five architectures through one spandrel code path, and strict checkpoint loading.
+"""The architectures through one spandrel code path, and strict checkpoint loading.
 
-RealESRGAN and BSRGAN are spandrel's RRDBNet (ESRGAN), SwinIR and HAT are spandrel's own; DPSR is
+RealESRGAN and BSRGAN are spandrel's RRDBNet (ESRGAN); SwinIR, HAT and Compact (Real-ESRGAN's
+SRVGGNetCompact, the fast CPU model) are spandrel's own; DPSR is
 ours (sr_engine.dpsr) and is added to a copy of spandrel's registry so that every checkpoint,
 whatever its layout, goes through ``REGISTRY.load``.
 """
@@ -25,6 +26,7 @@ from spandrel import (
     UnsupportedModelError,
     canonicalize_state_dict,
 )
+from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN as RRDBNet
 from spandrel.architectures.HAT import HAT
 from spandrel.architectures.SwinIR import SwinIR
@@ -42,6 +44,7 @@ SPANDREL_ID: dict[str, str] = {
     "dpsr": "DPSR",
     "swinir": "SwinIR",
     "hat": "HAT",
+    "compact": "Compact",
 }
 
 
@@ -110,6 +113,8 @@ OFFICIAL_CONFIGS: dict[str, dict[str, Any]] = {
         conv_scale=0.01, overlap_ratio=0.5, img_range=1.0, depths=[6] * 12, embed_dim=180,
         num_heads=[6] * 12, mlp_ratio=2.0, upsampler="pixelshuffle", resi_connection="1conv",
     ),
+    # Real-ESRGAN realesr-general-x4v3: SRVGGNetCompact 64 features, 32 convolutions.
+    "compact": dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32),
 }
 
 _FACTORIES: dict[str, Callable[..., torch.nn.Module]] = {
@@ -118,6 +123,7 @@ _FACTORIES: dict[str, Callable[..., torch.nn.Module]] = {
     "dpsr": lambda scale, **kw: DPSR(upscale=scale, **kw),
     "swinir": lambda scale, **kw: SwinIR(upscale=scale, **kw),
     "hat": lambda scale, **kw: HAT(upscale=scale, **kw),
+    "compact": lambda scale, **kw: Compact(upscale=scale, **kw),
 }
 
 

@@ -23,7 +23,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "val_every": args.val_every, "ckpt_every": args.ckpt_every, "log_every": args.log_every,
         "ema_decay": args.ema_decay, "seed": args.seed,
         "trainable": args.trainable,
-        "blind": {"on": True, "off": False}.get(args.degradations),
+        "blind": {"on": True, "off": False, "native": False}.get(args.degradations),
+        "native_noise": {"native": True, "off": False, "on": False}.get(args.degradations),
     }
     for item in args.set or []:
         key, _, raw = item.partition("=")
@@ -90,8 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int)
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--degradations", choices=["preset", "on", "off"], default="preset",
-                   help="blur/noise/JPEG-like degradations before/after bicubic (blind models)")
+    p.add_argument("--degradations", choices=["preset", "on", "native", "off"], default="preset",
+                   help="on: blur/noise/JPEG-like (blind models); native: each series' own "
+                        "measured CT noise on the LR plus mild blur; off: bicubic only")
     p.add_argument("--trainable", help="regex on parameter names to train (default: all)")
     p.add_argument("--set", action="append", metavar="KEY=JSON", help="override any preset field")
     p.add_argument("--modality", default="CT")

@@ -45,16 +45,25 @@ class DegradationConfig:
     poisson_peak: tuple[float, float] = (500.0, 5000.0)  # photons at value 1.0
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (30, 95)
+    # The series' own noise (training.noise_model), added to the LR in HU at this multiple of the
+    # measured native standard deviation: LR patches then look like native slices to the model.
+    native_noise_prob: float = 0.0
+    native_noise_scale: tuple[float, float] = (0.5, 1.3)
 
     @property
     def enabled(self) -> bool:
         """Whether any degradation beyond bicubic can fire."""
         return any(p > 0 for p in (self.blur_prob, self.gaussian_noise_prob,
-                                   self.poisson_noise_prob, self.jpeg_prob))
+                                   self.poisson_noise_prob, self.jpeg_prob, self.native_noise_prob))
 
 
 BLIND = DegradationConfig(blur_prob=0.5, gaussian_noise_prob=0.5, poisson_noise_prob=0.3,
                           jpeg_prob=0.3)
+# CT at native resolution: the series' own noise on most LR patches (some stay clean so that the
+# 128->512 protocol's bicubic LR is still in the training distribution), and a mild HR blur on
+# some, which stands for a softer reconstruction kernel than the HR's and teaches edge recovery.
+NATIVE_CT = DegradationConfig(blur_prob=0.3, blur_sigma=(0.3, 1.0), native_noise_prob=0.7,
+                              native_noise_scale=(0.5, 1.3))
 
 
 def gaussian_kernel(sigma_x: float, sigma_y: float, theta: float, size: int = 21) -> np.ndarray:

@@ -31,7 +31,7 @@ from sr_engine.intensity import IntensityMapping, mapping_for
 from sr_engine.upscale import grey_to_model, image_channels, model_to_grey
 from training.checkpoint import load_training_state, rng_state, save_atomic, set_rng_state
 from training.dataset_index import SeriesRecord, index_dicom_trees, split_records
-from training.degradations import BLIND, DegradationConfig
+from training.degradations import BLIND, NATIVE_CT, DegradationConfig
 from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.ema import EMA
 from training.patches import PatchPairs
@@ -233,7 +233,8 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
         raise ValueError(f"training needs a fixed intensity mapping (CT); {cfg.modality} uses "
                          "per-series percentile mappings, which training does not support yet")
     mapping: IntensityMapping = mapping_for(cfg.modality)
-    degr: DegradationConfig = BLIND if preset.blind else DegradationConfig()
+    degr: DegradationConfig = (BLIND if preset.blind else NATIVE_CT if preset.native_noise
+                               else DegradationConfig())
     dataset = PatchPairs(train_series, mapping, preset.scale, preset.hr_patch,
                          length=(preset.steps + 1) * preset.batch_size * info.world_size,
                          seed=preset.seed, degradations=degr)
@@ -279,7 +280,10 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
     if info.is_main:
         meta = {"preset": asdict(preset), "init": str(cfg.init) if cfg.init else None,
                 "data": data_summary, "intensity": {"low": mapping.low, "high": mapping.high},
-                "world_size": info.world_size, "amp": str(amp_dtype) if amp_dtype else "off"}
+                "world_size": info.world_size, "amp": str(amp_dtype) if amp_dtype else "off",
+                "degradations": asdict(degr),
+                "native_noise": [{"series": s.record.cache_key, **(m.as_dict() if m else {"sigma_hu": None})}
+                                 for s, m in zip(train_series, dataset.noise_models)]}
         (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
         if baseline is None:
             baseline = evaluate_model(None, val_set, mapping, preset.scale)

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from sr_engine.intensity import IntensityMapping
 from sr_engine.metrics import degrade
 from training.degradations import DegradationConfig, post_downsample, pre_downsample
+from training.noise_model import NoiseModel, estimate
 from training.slice_cache import CachedSeries
 
 # Patches that are nearly flat in the model's range (air, table, padding) teach nothing;
@@ -42,25 +43,30 @@ class PatchPairs(Dataset):
         self.length, self.seed = length, seed
         self.degradations = degradations or DegradationConfig()
         self.augment = augment
+        # Each series lends its own noise to its patches (None: no flat tissue to measure it on).
+        self.noise_models: list[NoiseModel | None] = (
+            [estimate(v) for v in self.volumes] if self.degradations.native_noise_prob > 0
+            else [None] * len(self.volumes))
 
     def __len__(self) -> int:
         return self.length
 
-    def _crop(self, rng: np.random.Generator) -> np.ndarray:
+    def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         p = self.hr_patch
         for _ in range(_MAX_TRIES):
-            vol = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
+            which = int(rng.choice(len(self.volumes), p=self.weights))
+            vol = self.volumes[which]
             z = int(rng.integers(vol.shape[0]))
             y = int(rng.integers(vol.shape[1] - p + 1))
             x = int(rng.integers(vol.shape[2] - p + 1))
             values = np.array(vol[z, y:y + p, x:x + p], dtype=np.float32)  # a writable copy
             if float(self.mapping.to_unit(values).std()) >= _MIN_STD:
                 break
-        return values
+        return values, which
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, int(index)))
-        values = self._crop(rng)
+        values, which = self._crop(rng)
         if self.augment:
             values = np.rot90(values, int(rng.integers(4)))
             if rng.random() < 0.5:
@@ -69,6 +75,11 @@ class PatchPairs(Dataset):
         # As in the evaluation protocol: downsample the modality values, then map to [0, 1].
         src = pre_downsample(values, self.degradations, rng) if self.degradations.enabled else values
         lr_values = degrade(torch.from_numpy(src).double()[None, None], self.scale)[0, 0].float().numpy()
+        noise = self.noise_models[which]
+        cfg = self.degradations
+        if noise is not None and rng.random() < cfg.native_noise_prob:
+            sigma = noise.sigma_hu * float(rng.uniform(*cfg.native_noise_scale))
+            lr_values = lr_values + noise.synthesise(lr_values.shape, rng, sigma)
         lr = self.mapping.to_unit(lr_values)
         if self.degradations.enabled:
             lr = np.clip(post_downsample(lr, self.degradations, rng), 0, 1)

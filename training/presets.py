@@ -31,6 +31,9 @@ class Preset:
     perceptual_weight: float = 0.0
     gan_weight: float = 0.0
     blind: bool = False  # add blur/noise/JPEG-like degradations (BSRGAN / Real-ESRGAN style)
+    # Add each series' own measured noise to its LR patches (training.noise_model), plus a mild
+    # HR blur: for CT models that must not sharpen noise at native resolution.
+    native_noise: bool = False
     grad_clip: float = 0.0
     # Regular expression (re.match) on parameter names: only those train; "" trains everything.
     # Partial fine-tuning (e.g. the last blocks and the upsampler) is what fits on a CPU.
@@ -62,6 +65,9 @@ PRESETS: dict[str, Preset] = {
         Preset("dpsr", arch="dpsr", lr=2e-4),
         Preset("swinir", arch="swinir", lr=1e-6, hr_patch=256),
         Preset("hat", arch="hat", lr=1e-5, hr_patch=256),
+        # Not in the paper: the fast CPU model (SRVGGNetCompact, grey in and out), from scratch.
+        Preset("compact", arch="compact", lr=5e-4, hr_patch=128, native_noise=True,
+               arch_overrides={"num_in_ch": 1, "num_out_ch": 1, "num_feat": 48, "num_conv": 16}),
     )
 }
 

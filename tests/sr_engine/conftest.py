@@ -17,6 +17,7 @@ TINY: dict[str, dict] = {
     "dpsr": dict(nc=8, nb=2),
     "swinir": dict(embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=16),
     "hat": dict(embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=16, squeeze_factor=4),
+    "compact": dict(num_feat=8, num_conv=2),
 }
 
 

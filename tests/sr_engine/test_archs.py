@@ -34,7 +34,7 @@ def _same_output(model: torch.nn.Module, descriptor, channels: int = 3, size: in
 def test_dpsr_registered_beside_spandrel_archs() -> None:
     ids = {str(a.architecture.id) for a in REGISTRY}
     assert {"DPSR", "ESRGAN", "SwinIR", "HAT"} <= ids
-    assert ARCHS == ("realesrgan", "bsrgan", "dpsr", "swinir", "hat")
+    assert ARCHS == ("realesrgan", "bsrgan", "dpsr", "swinir", "hat", "compact")
 
 
 @pytest.mark.parametrize("arch,expected", [("realesrgan", 16_697_987), ("bsrgan", 16_697_987), ("dpsr", 3_493_824)])
@@ -80,7 +80,7 @@ def _layouts(arch: str, model: torch.nn.Module) -> dict[str, dict]:
         }
     if arch == "dpsr":
         return {"kair_plain": sd}
-    # SwinIR/HAT releases: BasicSR-style wrapper around the module's own key names.
+    # SwinIR/HAT/Compact releases: BasicSR-style wrapper around the module's own key names.
     return {"release_params_ema": {"params_ema": sd}, "release_params": {"params": sd}, "plain": sd}
 
 
