@@ -21,11 +21,12 @@ $(STAMP): $(PY) setup.cfg
 
 venv: $(STAMP)
 
-# Debian packages the integration tests talk to (real DCMTK, Orthanc, dicom3tools' dciodvfy).
+# Debian packages the integration tests talk to (real DCMTK, Orthanc and its DICOMweb plugin,
+# dicom3tools' dciodvfy).
 system-deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		dcmtk orthanc dicom3tools redis-server chromium chromium-driver docker-compose
+		dcmtk orthanc orthanc-dicomweb dicom3tools redis-server chromium chromium-driver docker-compose
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

@@ -1,4 +1,5 @@
 """The one place that parses srnode's YAML configuration (pydantic model + loader)."""
+from config.loader import ConfigError, load_config, parse_config
 from config.schema import (
     AdminConfig,
     ModelEntry,
@@ -12,7 +13,6 @@ from config.schema import (
     TLSConfig,
     WorkerConfig,
 )
-from config.loader import ConfigError, load_config, parse_config
 
 __all__ = [
     "AdminConfig",
@@ -23,8 +23,8 @@ __all__ = [
     "PeerConfig",
     "RoutingMatch",
     "RoutingRule",
-    "SeriesConfig",
     "SRNodeConfig",
+    "SeriesConfig",
     "TLSConfig",
     "WorkerConfig",
     "load_config",

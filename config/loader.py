@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from config.schema import SRNodeConfig
+from sr_engine.registry import config_errors
 
 ENV_PREFIX = "SRNODE_"
 
@@ -84,9 +85,7 @@ def _format_errors(exc: ValidationError) -> ConfigError:
 
 def _check_models(cfg: SRNodeConfig) -> None:
     # Model names, architectures and rule scales need the SR registry's knowledge (names only:
-    # importing it loads no torch). Imported here: the registry itself imports config.schema.
-    from sr_engine.registry import config_errors
-
+    # importing it loads no torch).
     found = list(config_errors(cfg.models, cfg.routing))
     if found:
         raise _errors(found)
@@ -125,25 +124,25 @@ def deployment_warnings(cfg: SRNodeConfig) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     if cfg.broker_url is None:
         if not cfg.worker.embedded:
-            found.append(("worker.embedded", "false without broker_url: this node runs no worker, and only an "
-                          "`srnode worker` on this host with this configuration can take its jobs"))
+            found.append(("worker.embedded", ("false without broker_url: this node runs no worker, and only an "
+                          "`srnode worker` on this host with this configuration can take its jobs")))
         return found
     if not cfg.worker.embedded:
-        found.append(("worker.embedded", "false with broker_url: this node runs no worker; jobs wait in the broker "
+        found.append(("worker.embedded", ("false with broker_url: this node runs no worker; jobs wait in the broker "
                       "until an `srnode worker` takes them (the node logs it, and /readyz shows it, when queued "
-                      "jobs find no healthy worker)"))
+                      "jobs find no healthy worker)")))
     if cfg.node.database_url.startswith("sqlite"):
-        found.append(("node.database_url", "SQLite with broker_url: workers on other hosts cannot share an SQLite "
+        found.append(("node.database_url", ("SQLite with broker_url: workers on other hosts cannot share an SQLite "
                       "index (its locking is unsafe over a network file system); keep every worker on this host "
-                      "or use postgresql://"))
+                      "or use postgresql://")))
     fs_type = file_system_type(Path(cfg.node.storage_dir))
     if fs_type is not None and fs_type not in SHARED_FILE_SYSTEMS and not fs_type.startswith("fuse"):
-        found.append(("node.storage_dir", f"on a local file system ({fs_type}): workers on other hosts need this "
-                      "folder mounted at the same path (NFS, CephFS...), or they refuse jobs"))
+        found.append(("node.storage_dir", (f"on a local file system ({fs_type}): workers on other hosts need this "
+                      "folder mounted at the same path (NFS, CephFS...), or they refuse jobs")))
     if cfg.worker.heartbeat_timeout_s < MIN_HEARTBEAT_TIMEOUT_S:
-        found.append(("worker.heartbeat_timeout_s", f"{cfg.worker.heartbeat_timeout_s:g} s: a live worker that "
+        found.append(("worker.heartbeat_timeout_s", (f"{cfg.worker.heartbeat_timeout_s:g} s: a live worker that "
                       "stalls this long (a slow slice, swapping, a network hiccup) has its job taken by another; "
-                      f"use at least {MIN_HEARTBEAT_TIMEOUT_S:g} s (docs/pipeline.md, sizing)"))
+                      f"use at least {MIN_HEARTBEAT_TIMEOUT_S:g} s (docs/pipeline.md, sizing)")))
     return found
 
 

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+
+from sr_engine.model_entry import ModelEntry  # the engine owns it: usable without the node
 
 
 def _check_ae_title(value: str) -> str:
@@ -59,6 +71,10 @@ class NodeConfig(_Strict):
 
 
 class PeerConfig(_Strict):
+    """A DIMSE peer (C-STORE destination, C-MOVE destination, caller)."""
+
+    # Left out of dumps: DIMSE is what a peer without `kind` is, as before DICOMweb peers existed.
+    kind: Literal["dimse"] = Field("dimse", exclude=True)
     ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
@@ -68,40 +84,61 @@ class PeerConfig(_Strict):
     confirm_in_doubt: bool = True
 
 
+class DicomwebAuth(_Strict):
+    """How the node signs in to a DICOMweb peer. Secrets are named, never written in the config
+    (the admin API shows peers to `read` tokens): `token_env`/`password_env` name environment variables."""
+
+    type: Literal["bearer", "basic"] = "bearer"
+    token_env: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> DicomwebAuth:
+        if self.type == "bearer" and not self.token_env:
+            raise ValueError("bearer auth needs token_env (the environment variable holding the token)")
+        if self.type == "basic" and not (self.username and self.password_env):
+            raise ValueError("basic auth needs username and password_env")
+        return self
+
+
+class DicomwebPeerConfig(_Strict):
+    """A DICOMweb peer: derived instances go to it by STOW-RS (dicom_node/outbox/stow.py)."""
+
+    kind: Literal["dicomweb"]
+    url: str  # service root, e.g. http://pacs:8042/dicom-web (…/studies is appended)
+    auth: DicomwebAuth | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    # Instances per STOW-RS request, and bytes per request (whichever is reached first).
+    batch_instances: int = Field(32, ge=1, le=1000)
+    max_request_mb: float = Field(64.0, gt=0)
+    # Before sending again an instance whose STOW-RS answer never arrived, ask by QIDO-RS.
+    confirm_in_doubt: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+def _peer_of_kind(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # Chosen by `kind` (absent: dimse), then validated by that model alone, so that errors name the
+    # real key (peers.PACS.port) rather than every member of the union.
+    if isinstance(value, (PeerConfig, DicomwebPeerConfig)):
+        return value
+    kind = value.get("kind", "dimse") if isinstance(value, dict) else "dimse"
+    return (DicomwebPeerConfig if kind == "dicomweb" else PeerConfig).model_validate(value)
+
+
+AnyPeer = Annotated[PeerConfig | DicomwebPeerConfig, WrapValidator(_peer_of_kind)]
+
+
 class SeriesConfig(_Strict):
     stable_after_s: float = Field(15.0, ge=0)
     # How often the assembler looks for series that have gone quiet.
     check_interval_s: float = Field(1.0, gt=0)
-
-
-class IntensityConfig(_Strict):
-    """How modality values map to the model's [0, 1] input.
-
-    mode "fixed": [low, high] in modality units (CT default: HU [-1024, 3071]).
-    mode "percentile": robust per-series range (MR/CR/DX default).
-    """
-
-    mode: Literal["fixed", "percentile"] = "fixed"
-    low: float = -1024.0
-    high: float = 3071.0
-    percentile_low: float = Field(0.5, ge=0, le=100)
-    percentile_high: float = Field(99.5, ge=0, le=100)
-
-
-class ModelEntry(_Strict):
-    arch: str
-    weights: Path | None = None
-    sha256: str | None = None
-    scale: int = Field(4, ge=1, le=8)
-    intensity: IntensityConfig | None = None
-    description: str = ""
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex_digest(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            raise ValueError("sha256 must be 64 hexadecimal characters")
-        return value.lower() if value else value
 
 
 class RoutingMatch(_Strict):
@@ -115,6 +152,8 @@ class RoutingMatch(_Strict):
     columns: int | None = None
     min_rows: int | None = None
     max_rows: int | None = None
+    # How the series arrived: C-STORE ("dimse") or STOW-RS ("dicomweb").
+    source: Literal["dimse", "dicomweb"] | None = None
 
     @field_validator("series_description")
     @classmethod
@@ -139,6 +178,12 @@ class RoutingRule(_Strict):
     skip: bool = False
     passthrough: bool = False
     on_demand: bool = False
+    # Noise guard (docs/pipeline.md): a derived CT slice whose flat-tissue noise exceeds lanczos's
+    # by more than this factor (e.g. 1.10) is marked in its DerivationDescription (`mark`), or
+    # the whole derived series is held back from its destinations for review (`hold`). None: the
+    # ratios are still measured and shown, nothing is marked or held.
+    max_noise_ratio: float | None = Field(None, gt=1.0, le=10.0)
+    noise_action: Literal["mark", "hold"] = "mark"
 
     @model_validator(mode="after")
     def _model_unless_skip(self) -> "RoutingRule":
@@ -146,11 +191,31 @@ class RoutingRule(_Strict):
             raise ValueError("a rule needs a model unless skip: true")
         return self
 
+    # Field validators (not a model validator) so that errors name the key, e.g. routing.0.noise_action.
+    @field_validator("max_noise_ratio")
+    @classmethod
+    def _limit_needs_a_derived_series(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("skip"):
+            raise ValueError("max_noise_ratio applies to derived series; a skip rule derives none")
+        return value
+
+    @field_validator("noise_action")
+    @classmethod
+    def _hold_needs_a_limit(cls, value: str, info: ValidationInfo) -> str:
+        # `hold` without a limit would never hold: say so when the rule is written. (A `mark`
+        # without one is the default every dumped rule carries, so it must stay valid.)
+        if value == "hold" and info.data.get("max_noise_ratio") is None:
+            raise ValueError("noise_action: hold needs max_noise_ratio (the flat-tissue noise ratio over lanczos)")
+        return value
+
 
 class OutputConfig(_Strict):
     series_description_prefix: str = "SRx{scale} {model}: "
     encoding: Literal["classic", "enhanced"] = "classic"
-    transfer_syntax: Literal["explicit_le", "jpeg2000_lossless", "rle"] = "explicit_le"
+    # JPEG-LS lossless: 2048² CT slices at about a third of their uncompressed size (as small as
+    # JPEG 2000 lossless) for a fraction of JPEG 2000's encode time (BENCHMARKS.md, "Output
+    # encoding"); a peer that does not accept it gets the instance decompressed (docs/pipeline.md).
+    transfer_syntax: Literal["explicit_le", "jpeg2000_lossless", "jpegls_lossless", "rle"] = "jpegls_lossless"
     series_number_offset: int = 1000
 
 
@@ -163,6 +228,12 @@ class WorkerConfig(_Strict):
     tile_size: int = Field(0, ge=0)
     tile_overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
+    # Memory budget of one worker process, RSS in MiB: tile size and batch (at most tile_size and
+    # batch_size) are planned before inference so that a job fits it, instead of learning the limit
+    # from an out-of-memory error. None: half the machine's (or the cgroup's) memory, between 1 and
+    # 4 GiB, decided where the worker runs (sr_engine/memory.py). Measured peak: within the budget
+    # plus the model's own size (BENCHMARKS.md, "Memory").
+    max_memory_mb: int | None = Field(None, ge=512)
     # auto: bf16 autocast on CUDA, fp32 on CPU. bf16 on a CPU with avx512_bf16/AMX is ~2x faster
     # and moves RealESRGAN's output by a few HU (BENCHMARKS.md, "SR engine"): a site's choice.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -187,7 +258,7 @@ class QueryRetrieveConfig(_Strict):
     max_results: int = Field(1000, ge=0)
 
 
-Role = Literal["admin", "read", "reader"]
+Role = Literal["admin", "read", "reader", "store"]
 
 
 class TokenEntry(_Strict):
@@ -201,12 +272,24 @@ class AdminConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    # token -> role ("admin", "read", "reader"), or token -> {role, name}
+    # token -> role ("admin", "read", "reader", "store"), or token -> {role, name}
     tokens: dict[str, Role | TokenEntry] = Field(default_factory=dict)
 
     def token_entries(self) -> dict[str, TokenEntry]:
         """Every token as {role, name}, whichever form the config used."""
         return {t: e if isinstance(e, TokenEntry) else TokenEntry(role=e) for t, e in self.tokens.items()}
+
+
+class DicomwebConfig(_Strict):
+    """The DICOMweb server under the admin app at /dicomweb (docs/dicomweb.md): tokens of admin.tokens,
+    `read` for QIDO-RS/WADO-RS, `store` or `admin` for STOW-RS; QIDO-RS results are capped by
+    query_retrieve.max_results like C-FIND."""
+
+    enabled: bool = True
+    # Origins a browser viewer may call from (e.g. an OHIF on another port); empty: same origin only.
+    cors_origins: list[str] = Field(default_factory=list)
+    # One STOW-RS request body at most (MiB); a larger one is refused with 413 before it is stored.
+    max_stow_mb: float = Field(2048.0, gt=0)
 
 
 class ModalityRetention(_Strict):
@@ -276,7 +359,7 @@ def duplicate_rule_name(rules: list[RoutingRule]) -> tuple[int, str] | None:
 
 class SRNodeConfig(_Strict):
     node: NodeConfig = Field(default_factory=NodeConfig)
-    peers: dict[str, PeerConfig] = Field(default_factory=dict)
+    peers: dict[str, AnyPeer] = Field(default_factory=dict)
     series: SeriesConfig = Field(default_factory=SeriesConfig)
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     routing: list[RoutingRule] = Field(default_factory=list)
@@ -286,6 +369,7 @@ class SRNodeConfig(_Strict):
     send: SendConfig = Field(default_factory=SendConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     query_retrieve: QueryRetrieveConfig = Field(default_factory=QueryRetrieveConfig)
+    dicomweb: DicomwebConfig = Field(default_factory=DicomwebConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
     # Folders a checkpoint registered through the admin API must lie in. None: `models/` beside
@@ -306,6 +390,6 @@ class SRNodeConfig(_Strict):
     def peer_by_ae(self, ae_title: str) -> PeerConfig | None:
         """The peer whose AE title is `ae_title` (AE titles are what arrives on the wire)."""
         for peer in self.peers.values():
-            if peer.ae_title == ae_title.strip():
+            if isinstance(peer, PeerConfig) and peer.ae_title == ae_title.strip():
                 return peer
         return None

@@ -16,7 +16,8 @@ import sys
 #   register(subparsers: argparse._SubParsersAction) -> None
 COMMAND_MODULES: list[str] = [
     "dicom_node.commands",  # serve, config check
-    "sr_engine.cli",  # models list/add, sr, evaluate
+    "sr_engine.cli",  # models list/add, evaluate
+    "dicom_node.derive.sr_command",  # sr (upscaled DICOM files: the engine plus the derive writer)
     "training.cli",  # train, export-model, compare
     "workers.cli",  # worker
     "dicom_node.demo",  # demo

@@ -31,8 +31,8 @@ def cmd_config_overrides(args: argparse.Namespace) -> int:
 
     from sqlalchemy import inspect
 
-    from config.live import clear_overrides, read_overrides
     from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.live_config import clear_overrides, read_overrides
 
     cfg = load_config(args.config)
     engine = make_engine(cfg.node.database_url)

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -158,6 +158,12 @@ class StoreResult:
     file_size: int
     duplicate: bool
     is_image: bool
+    # The stored instance's validated UIDs, set by store_encoded (STOW-RS answers with them
+    # without decoding the instance a second time); "" where not set.
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
 
 
 def utcnow() -> datetime:
@@ -393,6 +399,12 @@ def parse_header(data: bytes, expected_sop_class_uid: str | None = None) -> Data
     return ds
 
 
+def decode_header(data: bytes) -> Dataset:
+    """Parse Part 10 bytes without validating them, pydicom's warnings kept out of the log (see the
+    module doc); MalformedDataset if undecodable. STOW-RS reads the UIDs of a part it may refuse."""
+    return _decode_quietly(data)
+
+
 def _decode_quietly(data: bytes) -> Dataset:
     _parsing.active = True
     step = "dataset"
@@ -622,6 +634,11 @@ def store_encoded(
         pk, dup, is_image = _index_known_series(session, series_pk, item.ds, item.rel, size, item.tsyntax, sender_ae)
         return StoreResult(pk, series_pk, str(item.rel), size, dup, is_image)
 
+    def with_uids(result: StoreResult) -> StoreResult:
+        _, study, series = item.series_key
+        return replace(result, sop_class_uid=str(item.ds.get("SOPClassUID", "")), sop_instance_uid=item.sop,
+                       study_uid=study, series_uid=series)
+
     try:
         cached = _cache_get(item.series_key) if derived_from_job is None else None
         if cached is not None:
@@ -629,12 +646,13 @@ def store_encoded(
             # whatever the other associations are storing right now.
             committer = committer_for(factory, clean_errors=(DuplicateConflict, _StaleSeriesCache))
             try:
-                return committer.run(lambda session: known_series(session, cached))
+                return with_uids(committer.run(lambda session: known_series(session, cached)))
             except _StaleSeriesCache:
                 _cache_drop(item.series_key)
             except BatchFailed:
                 pass  # redo it alone below
-        return _commit_with_retry(factory, lambda session: _index_checked(session, item, size, sender_ae, derived_from_job))
+        return with_uids(_commit_with_retry(
+            factory, lambda session: _index_checked(session, item, size, sender_ae, derived_from_job)))
     except BaseException:
         if not existed:
             _remove_new([item.target])

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import signal
 import socket
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,10 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
+
+# A listener child's entry point: (configuration as JSON data, port, event to set once listening).
+# NodeServer passes its own (server.run_listener_child): this module knows processes, not the node.
+ChildMain = Callable[[dict[str, Any], int, Any], None]
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -42,32 +46,15 @@ def start_listener(ae: AE, address: tuple[str, int], ssl_context: Any, handlers:
     return server
 
 
-def _child_main(cfg_data: dict[str, Any], port: int, ready: Any) -> None:
-    """Entry point of a listener-only child process (spawned)."""
-    from config.loader import parse_config
-    from dicom_node.server import NodeServer
-
-    cfg = parse_config(cfg_data, environ={})
-    cfg.node.port = port
-    logging.basicConfig(level=cfg.node.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    node = NodeServer(cfg, listener_only=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
-    node.start()
-    ready.set()
-    stop.wait()
-    node.stop()
-
-
-def spawn_listeners(cfg_data: dict[str, Any], port: int, count: int, timeout: float = 120) -> list[Any]:
-    """Start `count` listener-only processes on `port`; return them once all are listening."""
+def spawn_listeners(child_main: ChildMain, cfg_data: dict[str, Any], port: int, count: int,
+                    timeout: float = 120) -> list[Any]:
+    """Start `count` processes running `child_main` on `port` (spawned: it must be a module-level
+    function); return them once all are listening."""
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for i in range(count):
         ready = ctx.Event()
-        proc = ctx.Process(target=_child_main, args=(cfg_data, port, ready), name=f"srnode-listener-{i + 1}", daemon=False)
+        proc = ctx.Process(target=child_main, args=(cfg_data, port, ready), name=f"srnode-listener-{i + 1}", daemon=False)
         proc.start()
         procs.append((proc, ready))
     for proc, ready in procs:

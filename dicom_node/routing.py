@@ -9,6 +9,15 @@ from dataclasses import dataclass
 
 from config.schema import RoutingMatch, RoutingRule, duplicate_rule_name, rule_name  # noqa: F401 - re-exported: the node names rules through this module
 
+# The sender recorded for instances received by STOW-RS (Instance.sender_ae, Series.calling_ae). A
+# backslash is never in an AE title (PS3.5), so no C-STORE caller can be mistaken for DICOMweb.
+DICOMWEB_SENDER = "\\DICOMweb"
+
+
+def source_of(calling_ae: str) -> str:
+    """How a series arrived, from its recorded sender: "dicomweb" (STOW-RS) or "dimse" (C-STORE)."""
+    return "dicomweb" if calling_ae == DICOMWEB_SENDER else "dimse"
+
 
 @dataclass(frozen=True)
 class SeriesFacts:
@@ -20,6 +29,7 @@ class SeriesFacts:
     series_description: str = ""
     rows: int | None = None
     columns: int | None = None
+    source: str = "dimse"  # see source_of
 
 
 def _one_of(wanted: str | list[str] | None, actual: str) -> bool:
@@ -36,6 +46,8 @@ def rule_matches(match: RoutingMatch, facts: SeriesFacts) -> bool:
     if not _one_of(match.calling_ae, facts.calling_ae):
         return False
     if not _one_of(match.body_part, facts.body_part):
+        return False
+    if match.source is not None and match.source != facts.source:
         return False
     if match.series_description is not None and not re.search(
         match.series_description, facts.series_description, flags=re.IGNORECASE

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import threading
 import time
 from collections.abc import Iterable
@@ -25,13 +26,14 @@ from typing import Any, Protocol
 
 from pynetdicom.transport import ThreadedAssociationServer
 
-from config.live import LiveConfig
+from config.loader import parse_config
 from config.schema import SRNodeConfig
 from dicom_node.ae import build_ae, tls_context
 from dicom_node.assembly import Assembler, StableHook
 from dicom_node.group_commit import close_committer
 from dicom_node.handlers import NodeContext, collect
 from dicom_node.index.db import make_engine, session_factory
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.migrate import upgrade
 from dicom_node.listener import spawn_listeners, start_listener, stop_listeners
 from dicom_node.storage import remove_stale_temp_files
@@ -114,7 +116,8 @@ class NodeServer:
         if self.listener_only:
             return
         if self.cfg.node.processes > 1:
-            self._children = spawn_listeners(self.cfg.model_dump(mode="json"), self.port, self.cfg.node.processes - 1)
+            self._children = spawn_listeners(run_listener_child, self.cfg.model_dump(mode="json"), self.port,
+                                             self.cfg.node.processes - 1)
         log.info("%s listening on %s:%d%s%s", self.cfg.node.ae_title, self.cfg.node.host, self.port,
                  " (TLS)" if self.cfg.node.tls else "",
                  f" in {self.cfg.node.processes} processes" if self.cfg.node.processes > 1 else "")
@@ -178,3 +181,19 @@ class NodeServer:
     def wait(self) -> None:
         """Block until stop() has completed."""
         self._stopped.wait()
+
+
+def run_listener_child(cfg_data: dict[str, Any], port: int, ready: Any) -> None:
+    """Entry point of a listener-only child process (spawned by listener.spawn_listeners)."""
+    cfg = parse_config(cfg_data, environ={})
+    cfg.node.port = port
+    logging.basicConfig(level=cfg.node.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    node = NodeServer(cfg, listener_only=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
+    node.start()
+    ready.set()
+    stop.wait()
+    node.stop()

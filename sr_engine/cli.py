@@ -1,15 +1,20 @@
-"""The `models`, `sr` and `evaluate` subcommands: argument parsing only.
+"""The `models` and `evaluate` subcommands: argument parsing only.
 
 The commands themselves live in sr_engine/commands.py and are imported only when one runs, so
-`srnode --help` (and every other subcommand) starts without importing torch.
+`srnode --help` (and every other subcommand) starts without importing torch. `srnode sr` writes
+DICOM, so it is the node's (dicom_node.derive.sr_command), with these model options.
 """
 from __future__ import annotations
 
 import argparse
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="registry name (bicubic, lanczos, realesrgan, ...)")
+def _model_options(p: argparse.ArgumentParser, repeat_model: bool = False) -> None:
+    if repeat_model:  # evaluate --native compares several models against lanczos in one run
+        p.add_argument("--model", required=True, action="append",
+                       help="registry name (bicubic, lanczos, realesrgan, ...); repeat with --native")
+    else:
+        p.add_argument("--model", required=True, help="registry name (bicubic, lanczos, realesrgan, ...)")
     p.add_argument("--weights", help="checkpoint file (.pth/.safetensors); overrides the config's")
     p.add_argument("--sha256", help="expected sha256 of --weights; a mismatch is refused")
     p.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's, 4)")
@@ -24,7 +29,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `models`, `sr` and `evaluate` to the srnode CLI."""
+    """Add `models` and `evaluate` to the srnode CLI."""
     models = subparsers.add_parser("models", help="super-resolution models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
     ls = msub.add_parser("list", help="list configured and built-in models")
@@ -37,16 +42,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # The card format belongs to the training package; only the command lives in this group.
     add.set_defaults(func="training.export:cmd_models_add")
 
-    sr = subparsers.add_parser("sr", help="upscale every image instance under IN_DIR into OUT_DIR")
-    _model_options(sr)
-    sr.add_argument("in_dir", metavar="IN_DIR")
-    sr.add_argument("out_dir", metavar="OUT_DIR")
-    sr.set_defaults(func="sr_engine.commands:cmd_sr")
-
-    ev = subparsers.add_parser("evaluate", help="zero-shot PSNR/SSIM in HU against bicubic")
-    _model_options(ev)
+    ev = subparsers.add_parser("evaluate", help="zero-shot PSNR/SSIM in HU against bicubic; "
+                               "--native: noise/edge ratios against lanczos at native resolution")
+    _model_options(ev, repeat_model=True)
     ev.add_argument("--json", help="write per-slice results here")
-    ev.add_argument("--max-slices", type=int, default=None, help="evaluate only the first N slices")
+    ev.add_argument("--max-slices", type=int, default=None,
+                    help="evaluate only the first N slices (--native: N evenly spaced slices per series)")
     ev.add_argument("--project", action="store_true", help="also score the LR-consistent projection")
+    ev.add_argument("--native", action="store_true",
+                    help="no ground truth: upscale the native slices and compare with lanczos of them "
+                         "(flat-tissue noise ratio, strong-edge ratio, MTF50)")
+    ev.add_argument("--crop", type=int, default=None,
+                    help="--native: centre-crop each native slice to N x N before upscaling (bounds CPU time)")
+    ev.add_argument("--out", help="--native: folder for native.md, native.json, native.png and crops/")
     ev.add_argument("dirs", nargs="+", metavar="DIR")
     ev.set_defaults(func="sr_engine.commands:cmd_evaluate")

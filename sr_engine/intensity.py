@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
-from config.schema import IntensityConfig
+from sr_engine.model_entry import IntensityConfig
 
 CT_RANGE: tuple[float, float] = (-1024.0, 3071.0)
 _FIXED_MODALITIES = {"CT"}

@@ -1,6 +1,7 @@
 """Classical interpolators as modules (the `bicubic` and `lanczos` registry models)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,3 +57,23 @@ class Lanczos(nn.Module):
 
 
 INTERPOLATORS: dict[str, type[nn.Module]] = {"bicubic": Bicubic, "lanczos": Lanczos}
+
+
+def lanczos_upscale(
+    values: np.ndarray, scale: int, clip: tuple[float, float] | None = None, a: int = 3
+) -> np.ndarray:
+    """Float [H, W] or [N, H, W] values → the `lanczos` model's output, untiled, float32.
+
+    `clip`: the intensity range a model sees (e.g. CT's [-1024, 3071]); the input and output are
+    clipped to it so that lanczos is compared with an SR output on the same terms.
+    """
+    x = np.asarray(values, dtype=np.float32)
+    if clip is not None:
+        x = np.clip(x, *clip)
+    squeeze = x.ndim == 2
+    t = torch.from_numpy(np.ascontiguousarray(x[None] if squeeze else x)).unsqueeze(1)
+    with torch.inference_mode():
+        out = Lanczos(scale, a)(t)[:, 0].numpy()
+    if clip is not None:
+        out = np.clip(out, *clip)
+    return out[0] if squeeze else out

@@ -10,13 +10,13 @@ check`, listener processes) uses them; torch and spandrel load only when a model
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from config.schema import IntensityConfig, ModelEntry, RoutingRule
 from sr_engine.arch_names import INTERPOLATOR_ARCHS, KNOWN_ARCHS, NETWORK_ARCHS
+from sr_engine.model_entry import IntensityConfig, ModelEntry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +25,17 @@ if TYPE_CHECKING:
     from sr_engine.intensity import IntensityMapping
     from sr_engine.upscale import Upscaler
 
+
+class RoutedModel(Protocol):
+    """What the scale check reads of a routing rule (config.schema.RoutingRule); a Protocol, so
+    that the engine does not import the node's configuration."""
+
+    @property
+    def skip(self) -> bool: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def scale(self) -> int | None: ...
 
 
 class UnknownModelError(KeyError):
@@ -77,7 +88,7 @@ def check_arch(arch: str) -> None:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(KNOWN_ARCHS)}")
 
 
-def config_errors(models: dict[str, ModelEntry], routing: list[RoutingRule]) -> Iterator[tuple[str, str]]:
+def config_errors(models: dict[str, ModelEntry], routing: Sequence[RoutedModel]) -> Iterator[tuple[str, str]]:
     """(key, message) for every model name, architecture and rule scale the engine cannot honour.
 
     The check `config.loader.parse_config` applies to the YAML file and to every admin change, so

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -14,7 +16,7 @@ def _paths(values: list[str] | None) -> list[Path]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.loop import RunConfig, train
+    from training.loop import RunConfig, TrainingInterrupted, train
     from training.presets import get_preset
 
     preset = get_preset(args.preset)
@@ -27,8 +29,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "native_noise": {"native": True, "off": False, "on": False}.get(args.degradations),
     }
     for item in args.set or []:
-        key, _, raw = item.partition("=")
-        overrides[key.strip()] = json.loads(raw)
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item}: expected KEY=JSON, e.g. --set 'lr=2e-4'")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--set {item}: the value is not JSON ({exc.msg}); strings need JSON "
+                             f"quotes, e.g. --set 'trainable=\"conv_last\"'") from None
     preset = preset.with_overrides(**overrides)
     cfg = RunConfig(
         data=_paths(args.data), out=Path(args.out), val_data=_paths(args.val_data),
@@ -38,7 +46,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         val_crop=None if args.val_crop == 0 else args.val_crop, split_by=args.split_by,
         threads=args.threads, progress=not args.no_progress, stop_after=args.stop_after,
     )
-    result = train(preset, cfg)
+    try:
+        result = train(preset, cfg)
+    except TrainingInterrupted as exc:
+        # 130 (SIGINT) / 143 (SIGTERM), as a shell reports a command stopped by a signal: a script's
+        # `srnode train ... && srnode export-model ...` must not go on to export an unfinished run.
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
+            log.warning("%s", exc)
+        return exc.exit_status
     print(json.dumps({"out": str(result.out), "step": result.step, "best": result.best,
                       "last_val": result.last_val, "bicubic": result.baseline}, indent=1))
     return 0
@@ -62,7 +77,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return compare_cli(args)
 
 
-def _guard(func):  # noqa: ANN001, ANN202 - user errors become one log line, not a traceback
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """User errors become one log line and exit status 2, not a traceback."""
     def run(args: argparse.Namespace) -> int:
         from sr_engine.archs import CheckpointError
 

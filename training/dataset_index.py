@@ -157,8 +157,8 @@ def split_records(
     random.Random(seed).shuffle(keys)
     total = sum(fractions)
     n = len(keys)
-    n_val = int(round(n * fractions[1] / total))
-    n_test = int(round(n * fractions[2] / total))
+    n_val = round(n * fractions[1] / total)
+    n_test = round(n * fractions[2] / total)
     # Every non-zero share gets at least one group when there are enough groups to go round.
     if fractions[1] > 0 and n_val == 0 and n >= 3:
         n_val = 1

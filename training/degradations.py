@@ -9,7 +9,9 @@ and JPEG-like run on the LR in the model's [0, 1] range. All float32: nothing is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +66,30 @@ BLIND = DegradationConfig(blur_prob=0.5, gaussian_noise_prob=0.5, poisson_noise_
 # some, which stands for a softer reconstruction kernel than the HR's and teaches edge recovery.
 NATIVE_CT = DegradationConfig(blur_prob=0.3, blur_sigma=(0.3, 1.0), native_noise_prob=0.7,
                               native_noise_scale=(0.5, 1.3))
+
+
+def with_overrides(base: DegradationConfig, overrides: Mapping[str, Any]) -> DegradationConfig:
+    """`base` with some fields replaced (JSON lists become the tuples the ranges are)."""
+    problem = degradation_problem(overrides)
+    if problem:
+        raise ValueError(f"degradation_overrides: {problem}")
+    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def degradation_problem(overrides: Mapping[str, Any]) -> str | None:
+    """What is wrong with `overrides` (unknown field, probability outside [0, 1], bad range), or None."""
+    known = {f.name: f for f in fields(DegradationConfig)}
+    for key, value in overrides.items():
+        if key not in known:
+            return f"unknown field {key!r}; known: {', '.join(known)}"
+        if key.endswith("_prob"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                return f"{key} must be a probability in [0, 1], not {value!r}"
+        elif not (isinstance(value, (list, tuple)) and len(value) == 2
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value)
+                  and value[0] <= value[1]):
+            return f"{key} must be a range [low, high] with 0 <= low <= high, not {value!r}"
+    return None
 
 
 def gaussian_kernel(sigma_x: float, sigma_y: float, theta: float, size: int = 21) -> np.ndarray:

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from config.loader import parse_config
-from config.schema import IntensityConfig, ModelEntry
 from sr_engine.archs import file_sha256, load_checkpoint
+from sr_engine.model_entry import IntensityConfig, ModelEntry
 from sr_engine.registry import check_model_name
 
 _CARD_JSON = "model_card.json"
@@ -102,29 +102,43 @@ def cmd_models_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validation_note(data: dict[str, Any]) -> str:
+    """One sentence on whether the validation data was independent of the training data."""
+    v = data.get("validation")
+    if v is None:
+        return "Whether the validation data overlapped the training data was not recorded by this run."
+    if v["overlaps_training"]:
+        return (f"**Validation overlapped training**: {v['series_also_in_training']} validation series and "
+                f"{v['patients_also_in_training']} patient(s) were also in the training data (validation "
+                f"source: {v['source']}); the validation scores measure fit, not generalisation.")
+    return f"Validation is independent of training: no shared series or patients (validation source: {v['source']})."
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     m = card["metrics"]
     lines = [
         f"# Model card: {card['name']}",
         "",
-        f"- architecture: {card['arch']} (spandrel {card['spandrel_arch']}), x{card['scale']}, "
-        f"{card['parameters']:,} parameters",
+        (f"- architecture: {card['arch']} (spandrel {card['spandrel_arch']}), x{card['scale']}, "
+         f"{card['parameters']:,} parameters"),
         f"- weights: `{card['weights']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`",
         f"- initialised from: {card['init'] or 'scratch'}"
         + (f" (sha256 `{card['init_sha256']}`)" if card.get("init_sha256") else ""),
-        f"- trained steps: {card['steps']} (batch {card['preset']['batch_size']}, HR patch "
-        f"{card['preset']['hr_patch']}, Adam peak LR {card['preset']['lr']}, MultiStepLR gamma "
-        f"{card['preset']['gamma']} at {card['milestones']}, EMA {card['preset']['ema_decay']}, "
-        f"L1 loss, degradations: {'blind (blur/noise/JPEG-like)' if card['preset']['blind'] else 'bicubic x4 only'})",
-        f"- intensity mapping: {card['intensity']['mode']} [{card['intensity']['low']}, "
-        f"{card['intensity']['high']}] {card['modality_units']} → [0, 1] (sr_engine.intensity)",
+        (f"- trained steps: {card['steps']} (batch {card['preset']['batch_size']}, HR patch "
+         f"{card['preset']['hr_patch']}, Adam peak LR {card['preset']['lr']}, MultiStepLR gamma "
+         f"{card['preset']['gamma']} at {card['milestones']}, EMA {card['preset']['ema_decay']}, "
+         f"L1 loss, degradations: {'blind (blur/noise/JPEG-like)' if card['preset']['blind'] else 'bicubic x4 only'})"),
+        (f"- intensity mapping: {card['intensity']['mode']} [{card['intensity']['low']}, "
+         f"{card['intensity']['high']}] {card['modality_units']} → [0, 1] (sr_engine.intensity)"),
         f"- exported: {card['exported']}",
         "",
         "## Data",
         "",
-        f"Training: {card['data']['train_slices']} slices from {len(card['data']['train_series'])} "
-        f"series ({card['data']['train_patients']} patients). Validation: "
-        f"{card['data']['val_slices']} slices from {len(card['data']['val_series'])} series.",
+        (f"Training: {card['data']['train_slices']} slices from {len(card['data']['train_series'])} "
+         f"series ({card['data']['train_patients']} patients). Validation: "
+         f"{card['data']['val_slices']} slices from {len(card['data']['val_series'])} series."),
+        "",
+        _validation_note(card["data"]),
         "",
         "| split | series key | modality | size | slices | description |",
         "|---|---|---|---|---|---|",
@@ -140,7 +154,9 @@ def _card_markdown(card: dict[str, Any]) -> str:
     lines.append("")
     lines.append("| set | bicubic | this model |")
     lines.append("|---|---|---|")
-    for key, label in (("val", "validation (last check of the run)"), ("test", "test (never trained on)")):
+    val_label = "validation (last check of the run" + (
+        "; overlaps training)" if card.get("validation_overlaps_training") else ")")
+    for key, label in (("val", val_label), ("test", "test (never trained on)")):
         if m.get(key):
             b, v = m[key]["bicubic"], m[key]["model"]
             n = f", {m[key]['slices']} slices" if "slices" in m[key] else ""
@@ -187,9 +203,12 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
     descriptor = load_checkpoint(out, expected_arch=preset["arch"], sha256=sha)
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=False) \
         if (run / "last.pt").exists() else {}
-    from training.presets import Preset
-    milestones = Preset(**{**preset, "milestones": tuple(preset["milestones"]),
-                           "betas": tuple(preset["betas"])}).scaled_milestones()
+    if "preset_milestones" in preset:  # run.json records the milestones the run stepped
+        milestones = list(preset["milestones"])
+    else:  # a run written before it did: the paper's points scaled to the run's length
+        from training.presets import Preset
+        milestones = Preset(**{**preset, "milestones": tuple(preset["milestones"]),
+                               "betas": tuple(preset["betas"])}).scaled_milestones()
     metrics: dict[str, Any] = {}
     if last.get("last_val") and last.get("baseline"):
         metrics["val"] = {"bicubic": last["baseline"], "model": last["last_val"], "best": last.get("best")}
@@ -215,7 +234,9 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
         "intensity": {"mode": "fixed", "low": meta["intensity"]["low"], "high": meta["intensity"]["high"]},
         "modality_units": "HU" if meta["data"]["modality"] == "CT" else "modality units",
         "data": meta["data"], "metrics": metrics, "amp": meta.get("amp"),
-        "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # Explicit, because validation scores on training series measure fit, not generalisation.
+        "validation_overlaps_training": meta["data"].get("validation", {}).get("overlaps_training"),
+        "exported": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "attribution": attribution, "registry_yaml": reg_yaml,
     }
     if (run / "log.csv").exists():

@@ -12,13 +12,16 @@ import csv
 import json
 import logging
 import math
+import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -26,12 +29,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from sr_engine.archs import create_model, load_checkpoint, state_dict_for_export
+from sr_engine.archs import create_model, state_dict_for_export
 from sr_engine.intensity import IntensityMapping, mapping_for
 from sr_engine.upscale import grey_to_model, image_channels, model_to_grey
-from training.checkpoint import load_training_state, rng_state, save_atomic, set_rng_state
+from training.checkpoint import (
+    load_init_checkpoint,
+    load_training_state,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from training.dataset_index import SeriesRecord, index_dicom_trees, split_records
-from training.degradations import BLIND, NATIVE_CT, DegradationConfig
+from training.degradations import BLIND, NATIVE_CT, DegradationConfig, with_overrides
 from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.ema import EMA
 from training.patches import PatchPairs
@@ -103,9 +112,17 @@ def forward_grey(model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
 def build_model(preset: Preset, init: Path | None) -> nn.Module:
     """The preset's architecture, from an official checkpoint (transfer learning) or scratch."""
     if init is not None:
-        # The checkpoint decides the exact shape (e.g. 6-block RRDBNet for anime_6B).
-        return load_checkpoint(init, expected_arch=preset.arch).model.train()
-    return create_model(preset.arch, scale=preset.scale, **preset.arch_overrides).train()
+        # The checkpoint decides the exact shape (e.g. 6-block RRDBNet for anime_6B); its
+        # architecture is detected from the keys and must be the preset's.
+        descriptor = load_init_checkpoint(init, preset.arch)
+        if descriptor.scale != preset.scale:
+            raise ValueError(f"{init}: checkpoint is x{descriptor.scale}, the preset trains x{preset.scale}")
+        return descriptor.model.train()
+    try:
+        return create_model(preset.arch, scale=preset.scale, **preset.arch_overrides).train()
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, IndexError) as exc:
+        # Construction only fails on arch_overrides (the official configuration builds).
+        raise ValueError(f"arch_overrides rejected by {preset.arch}: {type(exc).__name__}: {exc}") from None
 
 
 def select_trainable(model: nn.Module, pattern: str) -> list[nn.Parameter]:
@@ -132,6 +149,29 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def validate_run_config(cfg: RunConfig) -> None:
+    """Raise ValueError for an option the run cannot honour, before any data is read."""
+    problems = []
+    for flag, value, low in (("--val-slices", cfg.val_slices, 1), ("--workers", cfg.num_workers, 0),
+                             ("--threads", cfg.threads, 1), ("--stop-after", cfg.stop_after, 1),
+                             ("--val-crop", cfg.val_crop, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            problems.append(f"{flag} must be {'>= 0' if low == 0 else '> 0'}, not {value!r}")
+    if not cfg.data:
+        problems.append("--data names no folder")
+    if cfg.split_by not in ("patient", "series"):
+        problems.append(f"--split-by must be patient or series, not {cfg.split_by!r}")
+    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
+        problems.append(f"--amp must be auto, bf16, fp16 or off, not {cfg.amp!r}")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        problems.append(f"--out {cfg.out} is a file, not a folder")
+    if mapping_is_percentile(cfg.modality):
+        problems.append(f"training needs a fixed intensity mapping (CT); {cfg.modality} uses per-series "
+                        "percentile mappings, which training does not support yet")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def _records(paths: Sequence[Path], modality: str) -> list[SeriesRecord]:
     recs = index_dicom_trees(paths, modalities=[modality])
     if not recs:
@@ -139,20 +179,44 @@ def _records(paths: Sequence[Path], modality: str) -> list[SeriesRecord]:
     return recs
 
 
-def prepare_data(cfg: RunConfig, info: DistInfo) -> tuple[list[CachedSeries], list[CachedSeries], dict[str, Any]]:
-    """Index, split and cache the data; returns (train, val) cached series and a summary."""
+def prepare_data(cfg: RunConfig, info: DistInfo, hr_patch: int | None = None
+                 ) -> tuple[list[CachedSeries], list[CachedSeries], dict[str, Any]]:
+    """Index, split and cache the data; returns (train, val) cached series and a summary.
+
+    Everything that can be checked from the headers (series overlap, slice size against
+    `hr_patch`) is checked before the cache is built.
+    """
     train_recs = _records(cfg.data, cfg.modality)
     if cfg.val_data:
         val_recs = _records(cfg.val_data, cfg.modality)
         overlap = {r.series_uid for r in train_recs} & {r.series_uid for r in val_recs}
         if overlap:
             raise ValueError(f"{len(overlap)} series are in both --data and --val-data")
+        source = "--val-data"
     else:
         parts = split_records(train_recs, by=cfg.split_by, fractions=(0.9, 0.1, 0.0))
-        train_recs, val_recs = parts["train"], parts["val"] or parts["train"][-1:]
-        if not parts["val"]:
-            log.warning("only one %s in --data: validating on training data (pass --val-data)",
-                        cfg.split_by)
+        if parts["val"]:
+            train_recs, val_recs = parts["train"], parts["val"]
+            source = f"held-out {cfg.split_by}s of --data"
+        else:
+            # A 90/10 split holds a group out only from 3 groups on (split_records).
+            groups = len({r.patient_key if cfg.split_by == "patient" else r.series_uid for r in train_recs})
+            val_recs = train_recs[-1:]
+            source = "a training series (too few groups in --data to hold one out)"
+            log.warning("--data has %d %s%s, too few for a 90/10 split by %s (3 needed): validating on "
+                        "a training series, which measures fit, not generalisation (pass --val-data)",
+                        groups, cfg.split_by, "" if groups == 1 else "s", cfg.split_by)
+    shared_series = {r.series_uid for r in train_recs} & {r.series_uid for r in val_recs}
+    shared_patients = {r.patient_key for r in train_recs} & {r.patient_key for r in val_recs}
+    if shared_patients and not shared_series:
+        log.warning("%d validation patient(s) also have series in --data: validation is not independent "
+                    "of training", len(shared_patients))
+    if hr_patch is not None:
+        small = [r for r in train_recs if min(r.rows, r.columns) < hr_patch]
+        if small:
+            raise ValueError(f"{len(small)} training series are smaller than hr_patch {hr_patch} (e.g. "
+                             f"series {small[0].cache_key}: {small[0].rows}x{small[0].columns}); "
+                             "lower --hr-patch")
     cache_dir = cfg.cache_dir or cfg.out / "cache"
     # Rank 0 decodes; the others wait and then open the same memmaps.
     if info.is_main:
@@ -168,6 +232,14 @@ def prepare_data(cfg: RunConfig, info: DistInfo) -> tuple[list[CachedSeries], li
         "train_slices": sum(r.n_slices for r in train_recs),
         "val_slices": sum(r.n_slices for r in val_recs),
         "train_patients": len({r.patient_key for r in train_recs}),
+        "val_patients": len({r.patient_key for r in val_recs}),
+        # Whether the validation scores measure generalisation (model cards repeat this).
+        "validation": {
+            "source": source,
+            "overlaps_training": bool(shared_series or shared_patients),
+            "series_also_in_training": len(shared_series),
+            "patients_also_in_training": len(shared_patients),
+        },
     }
     return train, val, summary
 
@@ -175,17 +247,43 @@ def prepare_data(cfg: RunConfig, info: DistInfo) -> tuple[list[CachedSeries], li
 class _Logger:
     """CSV log (always) and TensorBoard (when installed) for the main rank."""
 
-    def __init__(self, out: Path, enabled: bool) -> None:
+    def __init__(self, out: Path, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         self.csv_path = out / "log.csv"
         self.tb = None
         if not enabled:
             return
+        self._start_at(start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tb"))
+            # purge_step: TensorBoard drops the events a crashed run wrote after the checkpoint.
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
         except ImportError:  # tensorboard is in the optional `dev` extra
             self.tb = None
+
+    def _start_at(self, step: int) -> None:
+        """Drop the rows a previous process wrote after `step` (the checkpoint resumed from).
+
+        Rows up to the checkpoint's step were written before it was saved; later ones (a run
+        killed between checkpoints) would be written again by this run: duplicated steps.
+        A fresh start (step 0) keeps an old log aside as log.prev.csv instead of appending to it.
+        """
+        if not self.csv_path.exists():
+            return
+        if step == 0:
+            os.replace(self.csv_path, self.csv_path.with_name("log.prev.csv"))
+            return
+        with self.csv_path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) == 4 and r[1].isdigit() and int(r[1]) <= step]
+        if len(keep) == len(rows):
+            return
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with tmp.open("w", newline="") as fh:
+            csv.writer(fh).writerows(keep)
+        os.replace(tmp, self.csv_path)
+        log.info("log.csv: dropped %d rows written after step %d (the checkpoint resumed from)",
+                 len(rows) - len(keep), step)
 
     def write(self, step: int, **values: float) -> None:
         if not self.enabled:
@@ -211,38 +309,105 @@ def _save_weights(module: nn.Module, path: Path) -> None:
     save_atomic(state_dict_for_export(module), path)
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run; `exit_status` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM during the training loop: finish the current step, save last.pt, stop.
+
+    Before the loop (indexing, caching, baseline) there is nothing to save and the signal stops
+    the run at once, as does a second signal while the first is being honoured.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+        self.step = 0
+        self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def __enter__(self) -> Self:
+        self._pid = os.getpid()
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker (Ctrl-C reaches it too): the main process stops it
+        name = signal.Signals(signum).name
+        if not self.armed:
+            raise TrainingInterrupted(signum, f"interrupted by {name} before training started: nothing to save")
+        if self.signum is not None:
+            raise TrainingInterrupted(signum, f"interrupted by {name} again: stopped without saving; "
+                                              "last.pt holds the previous checkpoint")
+        self.signum = signum
+        log.warning("%s: finishing step %d, then saving last.pt (%s again stops without saving)",
+                    name, self.step + 1, name)
+
+    def agreed(self, info: DistInfo) -> int:
+        """The signal to stop on (0: none), the same on every rank so they stop at one step."""
+        if info.world_size == 1:
+            return self.signum or 0
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum or 0], device=info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
 def train(preset: Preset, cfg: RunConfig) -> TrainResult:
-    """Run (or resume) a training run described by `preset` and `cfg`."""
-    if preset.perceptual_weight > 0 or preset.gan_weight > 0:
-        raise NotImplementedError(
-            "perceptual/GAN loss terms are not implemented (they need VGG/discriminator weights "
-            "this project does not ship); set perceptual_weight=0 and gan_weight=0")
+    """Run (or resume) a training run described by `preset` and `cfg`.
+
+    On SIGINT/SIGTERM the current step is finished, `last.pt` saved and TrainingInterrupted
+    raised; the same call again resumes from it.
+    """
+    # Everything that can be checked without the data is checked first: a typo costs a
+    # second, not the minutes of decoding a slice cache takes.
+    preset.validate()
+    validate_run_config(cfg)
+    with _StopSignals() as stop:
+        return _train(preset, cfg, stop)
+
+
+def _train(preset: Preset, cfg: RunConfig, stop: _StopSignals) -> TrainResult:
     info = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
+    torch.manual_seed(preset.seed + info.rank)
+    # Before the data too: a missing or wrong --init, or bad arch_overrides, fails in seconds.
+    model = build_model(preset, cfg.init)
+    params = select_trainable(model, preset.trainable)  # a pattern matching nothing fails here too
     out = Path(cfg.out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     barrier(info)
-    torch.manual_seed(preset.seed + info.rank)
 
-    train_series, val_series, data_summary = prepare_data(cfg, info)
-    if mapping_is_percentile(cfg.modality):
-        raise ValueError(f"training needs a fixed intensity mapping (CT); {cfg.modality} uses "
-                         "per-series percentile mappings, which training does not support yet")
+    train_series, val_series, data_summary = prepare_data(cfg, info, preset.hr_patch)
     mapping: IntensityMapping = mapping_for(cfg.modality)
-    degr: DegradationConfig = (BLIND if preset.blind else NATIVE_CT if preset.native_noise
-                               else DegradationConfig())
+    degr: DegradationConfig = with_overrides(
+        BLIND if preset.blind else NATIVE_CT if preset.native_noise else DegradationConfig(),
+        preset.degradation_overrides)
     dataset = PatchPairs(train_series, mapping, preset.scale, preset.hr_patch,
                          length=(preset.steps + 1) * preset.batch_size * info.world_size,
                          seed=preset.seed, degradations=degr)
     val_set: ValSet = make_val_set(val_series, cfg.val_slices, cfg.val_crop, preset.scale)
 
-    model = build_model(preset, cfg.init).to(info.device)
+    model = model.to(info.device)  # in place: `params` stay the model's parameters
     ema = EMA(model, preset.ema_decay)
-    params = select_trainable(model, preset.trainable)
     if info.is_main:
         log.info("training %d of %d parameters", sum(p.numel() for p in params),
                  sum(p.numel() for p in model.parameters()))
@@ -276,9 +441,13 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
 
     net: nn.Module = DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None) \
         if info.world_size > 1 else model
-    logger = _Logger(out, info.is_main)
+    logger = _Logger(out, info.is_main, start_step=step)
     if info.is_main:
-        meta = {"preset": asdict(preset), "init": str(cfg.init) if cfg.init else None,
+        # The schedule actually stepped (the scheduler's, restored on resume), not the preset's
+        # milestones on the paper's 1M-step scale; those are kept beside them.
+        used = {**asdict(preset), "milestones": sorted(scheduler.milestones),
+                "preset_milestones": list(preset.milestones)}
+        meta = {"preset": used, "init": str(cfg.init) if cfg.init else None,
                 "data": data_summary, "intensity": {"low": mapping.low, "high": mapping.high},
                 "world_size": info.world_size, "amp": str(amp_dtype) if amp_dtype else "off",
                 "degradations": asdict(degr),
@@ -324,6 +493,8 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
     model.train()
     window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+    stop.step, stop.armed = step, True  # from here a signal is honoured after the current step
+    signum = 0
     for lr_b, hr_b in loader:
         lr_b = lr_b.to(info.device, non_blocking=True)
         hr_b = hr_b.to(info.device, non_blocking=True)
@@ -354,7 +525,9 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
             window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
         if step % preset.val_every == 0 or step == preset.steps:
             validate(step)
-        stopping = cfg.stop_after is not None and step >= cfg.stop_after
+        stop.step = step
+        signum = stop.agreed(info)
+        stopping = (cfg.stop_after is not None and step >= cfg.stop_after) or signum > 0
         if step % preset.ckpt_every == 0 or step == preset.steps or stopping:
             checkpoint(step)
         if stopping:
@@ -368,6 +541,10 @@ def train(preset: Preset, cfg: RunConfig) -> TrainResult:
     logger.close()
     barrier(info)
     shutdown(info)
+    if signum and step < preset.steps:
+        raise TrainingInterrupted(signum, f"interrupted by {signal.Signals(signum).name}: step {step} "
+                                          f"saved in {last_path}; run the same command again to resume "
+                                          f"from step {step}")
     return TrainResult(out=out, step=step, best=best, last_val=last_val, baseline=baseline)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sr_engine.intensity import IntensityMapping
 from sr_engine.evaluate import Slice, evaluate_slices, summarize
+from sr_engine.intensity import IntensityMapping
 from sr_engine.interpolate import Bicubic
 from sr_engine.upscale import Upscaler
 from training.slice_cache import CachedSeries

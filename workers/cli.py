@@ -55,14 +55,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.parent_pipe is not None:
         exit_when_parent_closes(args.parent_pipe)
     # Imported here, not at module level: registering the CLI must not import torch/Celery.
-    from config.live import LiveConfig
+    from dicom_node.broker import queues_for, routed_models, rule_models
     from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.live_config import LiveConfig
     from dicom_node.index.migrate import upgrade
-    from workers.app import make_celery, queues_for, routed_models, rule_models
     from sr_engine.device import pick_device
+    from workers.app import make_celery
     from workers.device import limit_cpu_threads
     from workers.health import WorkerHealth, WorkerIdentity, broker_problem
-    from workers.model_cache import preload
+    from workers.model_cache import preload, set_concurrency
     from workers.tasks import WorkerRuntime, register_tasks
 
     cfg = load_config(args.config)
@@ -86,8 +87,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Models the routing rules use now are loaded while the worker connects (configured but
     # unrouted models load on their first job).
     routed_now = set(rule_models(cfg))
-    preload(live_cfg, [m for m in models if m in routed_now], device)
     concurrency = args.concurrency or cfg.worker.concurrency
+    set_concurrency(concurrency)  # before any model loads: concurrent jobs share worker.max_memory_mb
+    preload(live_cfg, [m for m in models if m in routed_now], device)
     # A worker that fails a check (storage not the node's, database, broker, model files) consumes
     # no queue until it passes: the jobs stay with the workers that can run them.
     health.start()

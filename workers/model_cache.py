@@ -6,11 +6,26 @@ import threading
 
 from config.schema import SRNodeConfig
 from sr_engine import registry
+from sr_engine.memory import default_budget_mb
 
 log = logging.getLogger(__name__)
 
 _CACHE: dict[tuple[str, str], registry.LoadedModel] = {}
 _LOCK = threading.Lock()
+# Jobs that may run at once in this process (`srnode worker --concurrency` overrides the config);
+# they share the memory budget, so each plans for its share.
+_CONCURRENT: int | None = None
+
+
+def set_concurrency(jobs: int) -> None:
+    """Tell the cache how many jobs this process runs at once (before the first model is loaded)."""
+    global _CONCURRENT
+    _CONCURRENT = max(1, int(jobs))
+
+
+def memory_budget_mb(cfg: SRNodeConfig) -> int:
+    """The process's memory budget: `worker.max_memory_mb`, or the machine-dependent default."""
+    return cfg.worker.max_memory_mb or default_budget_mb()
 
 
 def get_model(cfg: SRNodeConfig, name: str, device: str) -> registry.LoadedModel:
@@ -20,8 +35,11 @@ def get_model(cfg: SRNodeConfig, name: str, device: str) -> registry.LoadedModel
         if key not in _CACHE:
             spec = registry.resolve(name, cfg.models)
             w = cfg.worker
+            # held_slices: the job's writer thread keeps one chunk (batch_size upscaled slices)
+            # while the next chunk is inferred (workers/process.py), so the plan leaves room for it.
             _CACHE[key] = registry.load(spec, device, tile=w.tile_size or None, overlap=w.tile_overlap, batch=w.batch_size,
-                                         precision=w.precision)
+                                         precision=w.precision, max_memory_mb=memory_budget_mb(cfg),
+                                         held_slices=w.batch_size, concurrent=_CONCURRENT or w.concurrency)
             log.info("loaded model %s on %s (sha256 %s)", name, device, _CACHE[key].checkpoint_sha256[:12])
         return _CACHE[key]
 

@@ -39,7 +39,9 @@ from dicom_node.ingest import StoreResult, store_datasets
 from dicom_node.outbox.queue import enqueue
 from dicom_node.storage import resolve_in
 from sr_engine.intensity import modality_values
+from sr_engine.memory import MIB, peak_rss_bytes, release_memory, rss_bytes
 from workers.model_cache import get_model
+from workers.noise_guard import NoiseGuard
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +235,22 @@ def run_job(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int, devi
         log.info("job #%d is not claimable (done, cancelled, or running elsewhere); skipping", job_id)
         return "skipped"
     with Heartbeat(factory, job_id, max(0.5, cfg.worker.heartbeat_timeout_s / 4)):
-        return _run_claimed(cfg, factory, job_id, device)
+        try:
+            return _run_claimed(cfg, factory, job_id, device)
+        finally:
+            _give_memory_back(job_id)
+
+
+def _give_memory_back(job_id: int) -> None:
+    """After a job: its slices are garbage now; hand the freed pages back to the OS.
+
+    Without this a worker idles at its largest job's peak RSS (glibc keeps freed heap pages),
+    which is memory the node, the sender and the other workers on the host cannot use.
+    """
+    peak = peak_rss_bytes()
+    freed = release_memory()
+    log.info("job #%d: memory given back %d MiB; RSS now %d MiB (process peak %d MiB)", job_id, freed // MIB,
+             rss_bytes() // MIB, peak // MIB)
 
 
 @dataclass(frozen=True)
@@ -307,7 +324,8 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
     def fail(i: int, exc: Exception) -> None:
         errors.record(ctx.sources[i].sop_instance_uid, exc)
 
-    writer = _ChunkWriter(cfg, factory, ctx, derivation, enhanced, derived=total - len(todo), fail=fail)
+    guard = NoiseGuard.for_job(cfg, factory, job_id, ctx.modality, ctx.scale, mapping)
+    writer = _ChunkWriter(cfg, factory, ctx, derivation, enhanced, derived=total - len(todo), fail=fail, guard=guard)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"job #{job_id} {ctx.model}", unit="slice", leave=False,
                disable=None)  # no bar when stderr is not a terminal (services, tests)
     # One writer thread: chunk k is derived, written and committed while chunk k+1 is inferred.
@@ -316,7 +334,8 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"srnode-write-{job_id}") as pool:
         pending: Future[JobState] | None = None
         # The trailing None waits for the last chunk's write.
-        for chunk in chain(_chunks(todo, files, cfg.worker.batch_size, fail), [None]):
+        # Chunks of the memory plan's batch for their slice size (at most worker.batch_size).
+        for chunk in chain(_chunks(todo, files, lambda shape: model.upscaler.chunk_size(*shape), fail), [None]):
             if chunk is not None and stop_requested():
                 chunk, stopping = None, True  # no new chunk; the one being written is committed
             batch: list[tuple[int, Dataset, np.ndarray]] = []
@@ -348,6 +367,7 @@ def _run_claimed(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int,
         with timings.measure("write"):
             obj = derive_enhanced(writer.classic, ctx.source_series_uid, derivation)
             writer.store([obj])
+    guard.finish(factory)  # series figures; held rows released unless a slice is over the limit
     return _finish(factory, ctx, timings, errors, writer.derived)
 
 
@@ -417,9 +437,9 @@ def _json(text: str) -> dict[str, float]:
     return value if isinstance(value, dict) else {}
 
 
-def _chunks(todo: list[int], files: list[Path], size: int, fail: Callable[[int, Exception], None],
-            ) -> Iterator[list[int]]:
-    # Consecutive slices in batches; the model stacks them, so a batch never mixes shapes.
+def _chunks(todo: list[int], files: list[Path], size: Callable[[tuple[int, int]], int],
+            fail: Callable[[int, Exception], None]) -> Iterator[list[int]]:
+    # Consecutive slices in batches of size(shape); the model stacks them, so a batch never mixes shapes.
     shapes: dict[int, tuple[int, int]] = {}
     batch: list[int] = []
     for i in todo:
@@ -429,7 +449,7 @@ def _chunks(todo: list[int], files: list[Path], size: int, fail: Callable[[int, 
         except Exception as exc:  # noqa: BLE001 - a gone or unreadable file fails that slice only
             fail(i, exc)
             continue
-        if batch and (len(batch) >= size or shapes[batch[0]] != shapes[i]):
+        if batch and (len(batch) >= size(shapes[batch[0]]) or shapes[batch[0]] != shapes[i]):
             yield batch
             batch = []
         batch.append(i)
@@ -444,16 +464,18 @@ class _ChunkWriter:
 
     def __init__(self, cfg: SRNodeConfig, factory: sessionmaker[Session], ctx: JobContext,
                  derivation: Derivation, enhanced: bool, derived: int,
-                 fail: Callable[[int, Exception], None]) -> None:
+                 fail: Callable[[int, Exception], None], guard: NoiseGuard) -> None:
         self.cfg, self.factory, self.ctx, self.derivation, self.enhanced = cfg, factory, ctx, derivation, enhanced
         self.derived = derived  # slices with a derived instance, as job.progress_done shows
         self.fail = fail
         self.classic: list[Dataset] = []  # enhanced output: the frames, combined at the end
         self.busy_s = 0.0
+        self.guard = guard  # measured here, in the writer thread: it overlaps the next chunk's inference
 
     def _derive(self, i: int, ds: Dataset, up: np.ndarray) -> Dataset | None:
         try:
             derived = derive_classic(ds, np.asarray(up), self.derivation)
+            self.guard.check(ds, up, derived)
             return derived if self.enhanced else encode(derived, self.derivation.transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - odd geometry or attributes fail this slice only
             self.fail(i, exc)
@@ -483,6 +505,7 @@ class _ChunkWriter:
                 enqueue(session, [r.instance_pk for r in results], self.ctx.destinations, job_pk=self.ctx.job_id)
             job = session.get(Job, self.ctx.job_id)
             assert job is not None
+            self.guard.on_commit(session, job)  # the figures so far; under `hold`, the new rows held
             job.progress_done = done
             job.heartbeat_at = utcnow()
             return job.state

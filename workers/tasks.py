@@ -9,9 +9,9 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
+from dicom_node.broker import TASK_PROCESS_JOB
 from sr_engine.archs import CheckpointError
 from sr_engine.registry import UnknownModelError
-from workers.app import TASK_PROCESS_JOB
 from workers.health import HAND_BACK_DELAY_S, WorkerHealth
 from workers.process import (TRANSIENT_ERRORS, PermanentJobError, error_reason, fail_job, retry_delay_s, retry_or_fail,
                              run_job)

@@ -194,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-warmup", action="store_true", help="time the first call too")
     p.add_argument("--ct-slice", type=Path, default=None,
                    help="DICOM CT slice used as input (resized to 4x size, degraded) instead of noise")
+    p.add_argument("--smoke", action="store_true",
+                   help="bicubic and DPSR at 32², one repetition, no JSON: a quick check that it runs")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.sizes, args.variants, args.reps, args.json = ["bicubic", "dpsr"], [32], ["naive", "fast"], 1, None
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []

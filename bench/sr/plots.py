@@ -88,7 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtimes", nargs="*", type=Path, default=[])
     p.add_argument("--evaluate", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench/sr/results"))
+    p.add_argument("--smoke", action="store_true",
+                   help="plot the committed result files of bench/sr/results into a temporary folder")
     args = p.parse_args(argv)
+    if args.smoke:
+        import tempfile
+
+        results = Path(__file__).resolve().parent / "results"
+        args.latency = [results / "latency_cpu_128_final.json"]
+        args.runtimes = [results / "runtimes_cpu_128_quiet.json"]
+        args.evaluate = results / "zero_shot_realesrgan_ct.json"
+        args.out = Path(tempfile.mkdtemp(prefix="srnode-plots-"))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.latency:
         print(plot_latency(args.latency, args.out))

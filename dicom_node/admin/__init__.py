@@ -1,7 +1,7 @@
 """Admin API (FastAPI) and the web console: peers, routing, models, jobs, series, audit, metrics.
 
 `create_app(live, sessions, ...)` builds the app; `service.AdminService` runs it with uvicorn in a
-thread beside the DICOM listener. Every change goes through `config.live.LiveConfig.set_section`
+thread beside the DICOM listener. Every change goes through `dicom_node.index.live_config.LiveConfig.set_section`
 (validated like the YAML file, persisted, audited) or a committed Job-row state change.
 """
 from __future__ import annotations

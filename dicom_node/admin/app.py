@@ -12,11 +12,14 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
 from config.loader import ConfigError
 from dicom_node.admin.context import AdminContext, EnqueueJob
 from dicom_node.admin.routers import (audit, config_overrides, jobs, models, ops, peers, reader_study, routing,
                                       series, stats, storage, viewer, workers)
+from dicom_node.admin.auth import require_read, require_store
+from dicom_node.dicomweb.app import mount_dicomweb
+from dicom_node.dicomweb.context import TokenChecks
+from dicom_node.index.live_config import LiveConfig
 
 log = logging.getLogger("srnode.admin")
 
@@ -69,6 +72,8 @@ def create_app(
         app.include_router(module.router, prefix="/api")
     app.include_router(ops.router)
     ops.install_snapshot_sources(app.state.ctx)
+    # STOW/QIDO/WADO-RS at /dicomweb, before the console's "/"; `read` tokens search and retrieve.
+    mount_dicomweb(app, live, sessions, TokenChecks(read=require_read, store=require_store))
     if web_dir is not None and web_dir.is_dir():
         icon = web_dir / "favicon.svg"
         # Pages without the <link rel="icon"> (and browsers that ask anyway) request /favicon.ico.

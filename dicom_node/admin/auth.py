@@ -1,23 +1,25 @@
 """Bearer-token authentication against `admin.tokens` (token → role, or token → {role, name}).
 
 Roles: `admin` may read and change; `read` may only read; `reader` reads cases of reader studies
-only. Tokens never appear in logs or the audit trail: the actor is the token's `name` with its role,
+only; `store` may only store instances by STOW-RS (DICOMweb; `admin` may too). Tokens never appear in logs or the audit trail: the actor is the token's `name` with its role,
 or, for a token without a name, the role plus a short fingerprint of the token.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from config.schema import SRNodeConfig
+from dicom_node.index.audit import token_fingerprint
 
 READ_ROLES = frozenset({"admin", "read"})
 WRITE_ROLES = frozenset({"admin"})
+STORE_ROLES = frozenset({"admin", "store"})
 
 log = logging.getLogger("srnode.admin")
 
@@ -39,11 +41,6 @@ class Principal:
     def actor(self) -> str:
         """Who did it, as written to the audit log: "Dr. Kim (admin)", or "admin:1a2b3c4d" unnamed."""
         return f"{self.name} ({self.role})" if self.name else f"{self.role}:{self.fingerprint}"
-
-
-def token_fingerprint(token: str) -> str:
-    """First 8 hex digits of the token's sha256: identifies a token without revealing it."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
 
 
 def _principal(request: Request, creds: HTTPAuthorizationCredentials | None) -> Principal:
@@ -96,3 +93,10 @@ def require_admin(
 ) -> Principal:
     """Dependency: a token with the admin role (needed for every change)."""
     return _require_role(request, creds, WRITE_ROLES, "may not change anything")
+
+
+def require_store(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """Dependency: a token that may store instances (STOW-RS): the store or admin role."""
+    return _require_role(request, creds, STORE_ROLES, "may not store instances")

@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
 from config.loader import ConfigError
 from config.schema import SRNodeConfig
 from dicom_node.admin.auth import Principal
+from dicom_node.index.live_config import LiveConfig
 
 log = logging.getLogger("srnode.admin")
 
@@ -28,7 +28,7 @@ class AdminContext:
 
     def candidate(self, section: str, value: Any) -> SRNodeConfig:
         """The config that changing `section` to `value` would give (validated, nothing written)."""
-        from config.live import MUTABLE_SECTIONS
+        from dicom_node.index.live_config import MUTABLE_SECTIONS
 
         data = self.live.current().model_dump(mode="json")
         return self.live.with_overrides({**{k: data[k] for k in MUTABLE_SECTIONS}, section: value})

@@ -1,4 +1,4 @@
-"""C-ECHO a configured peer (the console's "test" button)."""
+"""C-ECHO a configured peer (the console's "test" button); a DICOMweb peer gets a QIDO-RS instead."""
 from __future__ import annotations
 
 import time
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from config.schema import PeerConfig
+from config.schema import AnyPeer, DicomwebPeerConfig
+from dicom_node.outbox.stow import StowClient
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,12 @@ class EchoResult:
     error: str
 
 
-def echo_peer(peer: PeerConfig, calling_ae: str, timeout_s: float = 5.0) -> EchoResult:
+def echo_peer(peer: AnyPeer, calling_ae: str, timeout_s: float = 5.0) -> EchoResult:
     """Associate with `peer` as `calling_ae`, send one C-ECHO, release; never raises."""
+    if isinstance(peer, DicomwebPeerConfig):
+        started = time.perf_counter()
+        ok, error = StowClient(peer.model_copy(update={"timeout_s": timeout_s})).echo()
+        return EchoResult(ok, None, (time.perf_counter() - started) * 1000, error)
     if peer.tls:
         # The node's TLS client context is built by the DICOM side; until the admin API can reuse
         # it, say so instead of sending plaintext to a TLS port.

@@ -29,7 +29,10 @@ class AdminService:
     def start(self) -> None:
         """Bind the socket (so the port is known and errors surface here), then serve in a thread."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto
+        # says TCP, and without it every request after the first on a keep-alive connection waited
+        # ~40 ms for a delayed ACK (uvicorn writes a response's headers and body separately).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
@@ -66,9 +69,9 @@ def make_service(node: Any) -> AdminService | None:
     Retried jobs need no call into the pipeline: a queued Job row without a task id is what the
     pipeline's Dispatcher polls for and sends to the workers.
     """
-    from config.live import LiveConfig
     from dicom_node import metrics
     from dicom_node.admin.app import create_app
+    from dicom_node.index.live_config import LiveConfig
 
     cfg = node.cfg
     if not cfg.admin.enabled:

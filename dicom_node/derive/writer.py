@@ -24,6 +24,7 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLSLossless,
     MRImageStorage,
     RLELossless,
 )
@@ -38,8 +39,12 @@ SOFTWARE_NAME = "srnode"
 TRANSFER_SYNTAXES: dict[str, UID] = {
     "explicit_le": ExplicitVRLittleEndian,
     "jpeg2000_lossless": JPEG2000Lossless,
+    "jpegls_lossless": JPEGLSLossless,
     "rle": RLELossless,
 }
+# pydicom encoder plugin per compressed syntax. RLE: pylibjpeg-rle, ~10x faster than pydicom's own
+# numpy encoder at 2048² (BENCHMARKS.md, "Output encoding"); JPEG-LS: pyjpegls (CharLS).
+_ENCODER_PLUGINS: dict[UID, str] = {JPEG2000Lossless: "pylibjpeg", JPEGLSLossless: "pyjpegls", RLELossless: "pylibjpeg"}
 
 _ENHANCED_CLASSES = {
     CTImageStorage: hd.legacy.LegacyConvertedEnhancedCTImage,
@@ -252,7 +257,9 @@ def _set_geometry(source: Dataset, ds: Dataset, scale: int) -> None:
 
 
 def _set_pixels(source: Dataset, ds: Dataset, values: np.ndarray, transfer_syntax: str) -> None:
-    stored = to_stored_pixels(values, source, unsigned_only=transfer_syntax == "jpeg2000_lossless")
+    # JPEG 2000 needs unsigned samples here; JPEG-LS encodes signed ones, but as their unsigned bit
+    # patterns, so air at -1000 HU next to tissue at +40 becomes a 64 k jump: shifted, it compresses.
+    stored = to_stored_pixels(values, source, unsigned_only=transfer_syntax in ("jpeg2000_lossless", "jpegls_lossless"))
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = getattr(source, "PhotometricInterpretation", "MONOCHROME2")
     ds.Rows, ds.Columns = stored.array.shape
@@ -274,7 +281,7 @@ def encode(ds: Dataset, transfer_syntax: str) -> Dataset:
     uid = TRANSFER_SYNTAXES[transfer_syntax]
     if uid != ds.file_meta.TransferSyntaxUID:
         # pydicom would otherwise give a compressed copy a new SOP Instance UID: ours are deterministic.
-        ds.compress(uid, encoding_plugin="pylibjpeg" if uid == JPEG2000Lossless else "", generate_instance_uid=False)
+        ds.compress(uid, encoding_plugin=_ENCODER_PLUGINS.get(uid, ""), generate_instance_uid=False)
     return ds
 
 

@@ -11,7 +11,12 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.handlers import NodeContext
 from dicom_node.handlers.association import free_disk_mb, quota_refusal
-from dicom_node.ingest import RejectedInstance, SOPClassMismatch, store_encoded
+from dicom_node.ingest import (
+    RejectedInstance,
+    SOPClassMismatch,
+    StoreResult,
+    store_encoded,
+)
 from dicom_node.storage import uid_for_log
 
 log = logging.getLogger("dicom_node.store")
@@ -24,37 +29,59 @@ def handle_store(event: evt.Event, ctx: NodeContext) -> int:
     """Store one instance; any failure becomes a failure status and one log line, never a crash."""
     calling = str(event.assoc.requestor.ae_title).strip()
     sop_uid = str(event.request.AffectedSOPInstanceUID or "")[:64]
-    shown = uid_for_log(sop_uid)  # the request's UID is peer data too: quoted only if digits and dots
-    try:
-        if free_disk_mb(ctx) < ctx.cfg.node.min_free_disk_mb:
-            log.warning("refused instance %s from %r: storage below node.min_free_disk_mb", shown, calling)
-            return OUT_OF_RESOURCES
-        full = quota_refusal(ctx)
-        if full:
-            log.warning("refused instance %s from %r: %s", shown, calling, full)
-            return OUT_OF_RESOURCES
-        context_class = str(event.context.abstract_syntax)
+    context_class = str(event.context.abstract_syntax)
+
+    def load() -> bytes:
         # pynetdicom dispatches on the context and checks neither the request's class nor the dataset's.
         if str(event.request.AffectedSOPClassUID or "").rstrip("\x00 ") != context_class:
             raise SOPClassMismatch("the request's Affected SOP Class UID is not the presentation context's")
-        data = event.encoded_dataset(include_meta=True)
+        return event.encoded_dataset(include_meta=True)
+
+    # The request's UID is peer data too: uid_for_log quotes it only if it is digits and dots.
+    status, _ = store_received(ctx, load, calling, repr(calling), uid_for_log(sop_uid),
+                               expected_sop_instance_uid=sop_uid, expected_sop_class_uid=context_class)
+    return status
+
+
+def store_received(ctx: NodeContext, load: Callable[[], bytes], sender_ae: str, who: str,
+                   shown: str | Callable[[], str], *,
+                   expected_sop_instance_uid: str | None = None,
+                   expected_sop_class_uid: str | None = None) -> tuple[int, StoreResult | None]:
+    """The receive policy of one instance, for C-STORE and STOW-RS alike: free disk and quota checks,
+    `load()` (the bytes; may raise RejectedInstance), validate, store and index; (status, result).
+
+    `sender_ae` is recorded in the index (routing's calling_ae); `who` and `shown` (the instance's
+    UID as uid_for_log quotes it, or a function giving it: called only for a log line, since STOW-RS
+    must decode the part to know it) name the sender and instance in the one log line of a refusal.
+    """
+    def name() -> str:
+        return shown() if callable(shown) else shown
+
+    try:
+        if free_disk_mb(ctx) < ctx.cfg.node.min_free_disk_mb:
+            log.warning("refused instance %s from %s: storage below node.min_free_disk_mb", name(), who)
+            return OUT_OF_RESOURCES, None
+        full = quota_refusal(ctx)
+        if full:
+            log.warning("refused instance %s from %s: %s", name(), who, full)
+            return OUT_OF_RESOURCES, None
         result = store_encoded(
-            ctx.session_factory, ctx.storage_dir, data, calling, expected_sop_instance_uid=sop_uid,
-            expected_sop_class_uid=context_class,
+            ctx.session_factory, ctx.storage_dir, load(), sender_ae,
+            expected_sop_instance_uid=expected_sop_instance_uid, expected_sop_class_uid=expected_sop_class_uid,
         )
     except RejectedInstance as exc:
-        log.warning("refused instance %s from %r: %s", shown, calling, exc)
-        return exc.status
+        log.warning("refused instance %s from %s: %s", name(), who, exc)
+        return exc.status, None
     except OSError as exc:
-        log.error("could not store instance %s from %r: %s", shown, calling, exc.strerror or type(exc).__name__)
-        return OUT_OF_RESOURCES
+        log.error("could not store instance %s from %s: %s", name(), who, exc.strerror or type(exc).__name__)
+        return OUT_OF_RESOURCES, None
     except Exception as exc:  # noqa: BLE001 - the node answers a status, it never dies on one instance
         # The exception text is left out: it may quote received values.
-        log.error("could not store instance %s from %r: %s", shown, calling, type(exc).__name__)
-        return PROCESSING_FAILURE
+        log.error("could not store instance %s from %s: %s", name(), who, type(exc).__name__)
+        return PROCESSING_FAILURE, None
     if result.duplicate:
-        log.info("instance %s from %r replaced an earlier copy (duplicate policy: last write wins)", shown, calling)
-    return 0x0000
+        log.info("instance %s from %s replaced an earlier copy (duplicate policy: last write wins)", name(), who)
+    return 0x0000, result
 
 
 def bind(ctx: NodeContext) -> list[tuple[Any, Callable[..., Any]]]:

@@ -5,6 +5,7 @@ can show a per-modality change and a JSON edit of the same rules as different th
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -35,6 +36,12 @@ def changed_parts(before: Any, after: Any) -> tuple[Any, Any]:
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
         return changed_parts({str(i): v for i, v in enumerate(before)}, {str(i): v for i, v in enumerate(after)})
     return before, after
+
+
+def token_fingerprint(token: str) -> str:
+    """First 8 hex digits of the token's sha256: identifies a token without revealing it (the actor
+    of an unnamed admin token in audit rows, a reader in reader-study records)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
 
 
 def audit_change(session: Session, actor: str, action: str, before: Any, after: Any, how: str) -> Audit:

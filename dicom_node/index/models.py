@@ -63,6 +63,9 @@ class OutboxState(str, enum.Enum):
     pending = "pending"
     delivered = "delivered"
     failed = "failed"  # gave up after send.max_attempts
+    # Kept back by the noise guard until the job is released for sending (workers/noise_guard.py);
+    # a non-native enum without a CHECK constraint: no migration needed for the value.
+    held = "held"
 
 
 class Patient(Base):
@@ -184,6 +187,14 @@ class Job(Base):
     last_failed_worker: Mapped[str] = mapped_column(String(255), default="")
     # Per-stage seconds as JSON text, e.g. {"load": .., "infer": .., "write": ..}.
     timings: Mapped[str] = mapped_column(Text, default="")
+    # Noise guard (workers/noise_guard.py): medians over the derived CT slices of the flat-tissue
+    # noise and strong-edge gradient against lanczos of the same slices (None: not measured);
+    # `quality` holds the per-slice figures and the rule's limit as JSON; `held`: the derived
+    # series is kept from its destinations (outbox rows `held`) until an admin releases it.
+    noise_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    edge_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    quality: Mapped[str] = mapped_column(Text, default="", server_default="")
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (
         UniqueConstraint("series_pk", "rule_name", "model", "checkpoint_sha256", "scale", name="uq_job_identity"),
     )
@@ -233,7 +244,7 @@ class Audit(Base):
 class ConfigOverride(Base):
     """An admin's change to one config section (peers, models, routing...), applied over the YAML.
 
-    The newest row per section wins; older rows stay as history. See config/live.py.
+    The newest row per section wins; older rows stay as history. See dicom_node/index/live_config.py.
     """
 
     __tablename__ = "config_override"

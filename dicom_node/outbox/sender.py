@@ -16,6 +16,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,10 +24,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.schema import PeerConfig, SRNodeConfig
+from config.schema import AnyPeer, DicomwebPeerConfig, PeerConfig, SRNodeConfig
 from dicom_node.ae import NODELAY
 from dicom_node.index.db import session_scope
 from dicom_node.outbox.confirm import instances_at_peer
+from dicom_node.outbox.stow import StowClient, StowUnavailable
 from dicom_node.outbox.queue import (DueItem, due_destinations, due_items, mark_delivered_many,
                                      mark_failed_attempt, mark_handed, retry_now, series_keys)
 from dicom_node.polling import PollingThread
@@ -164,6 +166,9 @@ class OutboxSender:
             items, confirmed, unconfirmed = self._settle_in_doubt(peer, items)
             if not items:
                 return confirmed, True
+        if isinstance(peer, DicomwebPeerConfig):
+            sent, complete = self._send_batch_stow(destination, peer, items, unconfirmed)
+            return confirmed + sent, complete
         assoc = self._associate(peer, items)
         if not assoc.is_established:
             self._fail_all(items, f"cannot associate with {destination} ({peer.ae_title}@{peer.host}:{peer.port})")
@@ -196,24 +201,96 @@ class OutboxSender:
                 assoc.release()
         return confirmed + count, answered == len(items)
 
-    def _settle_in_doubt(self, peer: PeerConfig, items: list[DueItem]) -> tuple[list[DueItem], int, str]:
-        """Mark delivered the in-doubt items the peer reports having (C-FIND); return the rest to
-        send, how many were confirmed, and what could not be confirmed (for the log, "" if none)."""
+    def _send_batch_stow(self, destination: str, peer: DicomwebPeerConfig, items: list[DueItem],
+                         unconfirmed: str) -> tuple[int, bool]:
+        """`items` to a DICOMweb peer, in STOW-RS requests of peer.batch_instances / max_request_mb;
+        the rows are marked exactly as the C-STORE path marks them (one retry and backoff policy)."""
+        if unconfirmed:
+            log.warning("outbox: %s whose delivery to %s was interrupted: sent again (at least once)",
+                        unconfirmed, destination)
+        client = StowClient(peer)
+        with session_scope(self.factory) as session:
+            mark_handed(session, [item.outbox_id for item in items])  # in doubt from here if we die
+        answered: set[int] = set()  # rows with an outcome recorded (or left in doubt on purpose)
+        count = 0
+        try:
+            for batch in self._stow_batches(items, peer, answered):
+                if self._poller.stopping:
+                    break
+                try:
+                    result = client.store([(item.sop_instance_uid, data) for item, data in batch])
+                except StowUnavailable as exc:
+                    # The batch on the wire stays in doubt; the rows after it were never sent.
+                    answered.update(item.outbox_id for item, _ in batch)
+                    self._fail_all([item for item in items if item.outbox_id not in answered]
+                                   + [item for item, _ in batch], f"cannot store to {destination} by STOW-RS: {exc}")
+                    return count, False
+                delivered = []
+                for item, _ in batch:
+                    reason = result.refused.get(item.sop_instance_uid)
+                    if reason is None:
+                        delivered.append(item.outbox_id)
+                    else:
+                        self._record(item, f"{destination} refused {item.sop_instance_uid}: {reason}", answered=True)
+                    answered.add(item.outbox_id)
+                count += len(delivered)
+                self._commit_delivered(delivered)
+        finally:
+            client.close()
+            with session_scope(self.factory) as session:  # never sent: not in doubt
+                mark_handed(session, [item.outbox_id for item in items if item.outbox_id not in answered],
+                            handed=False)
+        return count, len(answered) == len(items)
+
+    def _stow_batches(self, items: list[DueItem], peer: DicomwebPeerConfig,
+                      answered: set[int]) -> Iterator[list[tuple[DueItem, bytes]]]:
+        """(item, file bytes) lists of at most peer.batch_instances items and max_request_mb bytes;
+        an unreadable file is recorded as a failed attempt (added to `answered`) and left out."""
+        limit = int(peer.max_request_mb * 1024 * 1024)
+        batch: list[tuple[DueItem, bytes]] = []
+        size = 0
+        for item in items:
+            try:
+                data = resolve_in(self.storage_dir, item.file_path).read_bytes()
+            except OSError as exc:
+                self._record(item, f"cannot read the stored file of {item.sop_instance_uid}: {type(exc).__name__}",
+                             answered=True)  # nothing was sent
+                answered.add(item.outbox_id)
+                continue
+            if batch and (len(batch) >= peer.batch_instances or size + len(data) > limit):
+                yield batch
+                batch, size = [], 0
+            batch.append((item, data))
+            size += len(data)
+        if batch:
+            yield batch
+
+    def _settle_in_doubt(self, peer: AnyPeer, items: list[DueItem]) -> tuple[list[DueItem], int, str]:
+        """Mark delivered the in-doubt items the peer reports having (C-FIND, or QIDO-RS for a
+        DICOMweb peer); return the rest to send, how many were confirmed, and what could not be
+        confirmed (for the log, "" if none)."""
         doubtful = [item for item in items if item.in_doubt]
         found: set[str] | None = None
         if peer.confirm_in_doubt:
             with self.factory() as session:
                 keys = series_keys(session, [item.outbox_id for item in doubtful])
-            found = instances_at_peer(self.cfg.node.ae_title, peer, keys.values(), self._tls(peer),
-                                      timeout_s=self.connect_timeout_s)
+            if isinstance(peer, DicomwebPeerConfig):
+                client = StowClient(peer)
+                found = client.present(keys.values())
+                client.close()
+            else:
+                found = instances_at_peer(self.cfg.node.ae_title, peer, keys.values(), self._tls(peer),
+                                          timeout_s=self.connect_timeout_s)
         if found is None:
-            why = "the peer gave no C-FIND answer" if peer.confirm_in_doubt else "peers.*.confirm_in_doubt is off"
+            lookup = "QIDO-RS" if isinstance(peer, DicomwebPeerConfig) else "C-FIND"
+            why = f"the peer gave no {lookup} answer" if peer.confirm_in_doubt else "peers.*.confirm_in_doubt is off"
             return items, 0, f"{len(doubtful)} instance(s) not confirmable ({why})"
         confirmed = {item.outbox_id for item in doubtful if item.sop_instance_uid in found}
         with session_scope(self.factory) as session:
             mark_delivered_many(session, sorted(confirmed))
-        log.info("outbox: %d of %d instance(s) whose delivery to %s was interrupted are there (C-FIND): "
-                 "not sent again", len(confirmed), len(doubtful), items[0].destination)
+        log.info("outbox: %d of %d instance(s) whose delivery to %s was interrupted are there (%s): "
+                 "not sent again", len(confirmed), len(doubtful), items[0].destination,
+                 "QIDO-RS" if isinstance(peer, DicomwebPeerConfig) else "C-FIND")
         return [item for item in items if item.outbox_id not in confirmed], len(confirmed), ""
 
     def _associate(self, peer: PeerConfig, items: list[DueItem]):  # type: ignore[no-untyped-def]

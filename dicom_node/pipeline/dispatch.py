@@ -12,6 +12,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
+from dicom_node.broker import TASK_PROCESS_JOB, make_celery, queue_name
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import Job, JobState
 from dicom_node.polling import PollingThread
@@ -37,12 +38,10 @@ class Dispatcher:
 
     def __init__(self, cfg: SRNodeConfig, factory: sessionmaker[Session], poll_s: float = 1.0,
                  lease_s: float = TASK_LEASE_S) -> None:
-        from workers.app import make_celery  # the producer side of the same app the workers run
-
         self.cfg = cfg
         self.factory = factory
         self.lease_s = lease_s
-        self.app = make_celery(cfg)
+        self.app = make_celery(cfg)  # the sending side of the app the workers run; tasks go by name
         self.broker = BrokerWatch(cfg.broker_url)
         self._lock = threading.Lock()
         self._poller = PollingThread("srnode-dispatch", self._pass, poll_s, "job dispatch", log)
@@ -129,8 +128,6 @@ class Dispatcher:
 
     def dispatch_pending(self) -> int:
         """Send a task for every queued job that has none; returns how many were sent."""
-        from workers.app import TASK_PROCESS_JOB, queue_name
-
         with self.factory() as session:
             jobs = list(session.scalars(
                 select(Job).where(Job.state == JobState.queued, Job.task_id == "")

@@ -19,7 +19,7 @@ from dicom_node.derive.uids import derived_series_uid
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Series, SeriesState
 from dicom_node.outbox.queue import enqueue
-from dicom_node.routing import SeriesFacts, rule_name, select_rule
+from dicom_node.routing import SeriesFacts, rule_name, select_rule, source_of
 from sr_engine import registry
 from sr_engine.archs import CheckpointError, file_sha256
 from sr_engine.interpolate import INTERPOLATORS
@@ -40,6 +40,7 @@ def series_facts(session: Session, series: Series) -> SeriesFacts:
         modality=series.modality, calling_ae=series.calling_ae, body_part=series.body_part,
         series_description=series.series_description,
         rows=first.rows if first else None, columns=first.columns if first else None,
+        source=source_of(series.calling_ae),
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.loader import deployment_warnings
 from config.schema import SRNodeConfig
+from dicom_node.broker import routed_models
 from dicom_node.index.models import unserved_jobs
 from dicom_node.outbox.sender import OutboxSender
 from dicom_node.pipeline.dispatch import Dispatcher
@@ -94,8 +95,6 @@ class PipelineService:
         worker does not consume, it is restarted (its unfinished jobs are queued again). A node
         without routing rules has nothing for a worker to do: no child process then.
         """
-        from workers.app import routed_models
-
         assert self.worker is not None
         models = tuple(routed_models(self.cfg))
         if models == self._worker_models:

@@ -307,7 +307,9 @@ def _as_dataset(assoc: Any, ds: StoredFile) -> Dataset:
         uncompressed = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
         if not _context_for(assoc, ds.SOPClassUID, ts) and any(
                 _context_for(assoc, ds.SOPClassUID, s) for s in uncompressed):
-            full.decompress()
+            # pydicom 3 would give the decompressed copy a new SOP Instance UID by default: the
+            # peer must receive the instance it was sent, under its own UID.
+            full.decompress(generate_instance_uid=False)
     return full
 
 

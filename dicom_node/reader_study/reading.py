@@ -13,7 +13,13 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.index.models import ReaderStudy, ReaderStudyAnswer, ReaderStudyCandidate, ReaderStudyCase, ReaderStudyPresentation
+from dicom_node.index.models import (
+    ReaderStudy,
+    ReaderStudyAnswer,
+    ReaderStudyCandidate,
+    ReaderStudyCase,
+    ReaderStudyPresentation,
+)
 from dicom_node.reader_study.definition import FACTOR, SCALES, StudyDefinition
 from dicom_node.reader_study.randomise import labels, opaque_id
 from dicom_node.reader_study.records import (

@@ -8,8 +8,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.schema import SRNodeConfig
-from dicom_node.admin.auth import token_fingerprint
-from dicom_node.index.models import Audit, ReaderStudy, ReaderStudyAnswer, ReaderStudyCandidate, ReaderStudyCase
+from dicom_node.index.audit import token_fingerprint
+from dicom_node.index.models import (
+    Audit,
+    ReaderStudy,
+    ReaderStudyAnswer,
+    ReaderStudyCandidate,
+    ReaderStudyCase,
+)
 from dicom_node.reader_study.definition import StudyDefinition
 
 TRUTH = "truth"

@@ -12,7 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.index.models import ReaderStudyAnswer, ReaderStudyCase
 from dicom_node.reader_study import stats
-from dicom_node.reader_study.records import candidates_by_case, definition_of, get_study, latest_answers
+from dicom_node.reader_study.records import (
+    candidates_by_case,
+    definition_of,
+    get_study,
+    latest_answers,
+)
 
 
 @dataclass

@@ -31,6 +31,11 @@ def select_slices(session: Session, definition: StudyDefinition) -> list[Instanc
         bad = [i.sop_instance_uid for i in chosen if not i.is_image or (i.number_of_frames or 1) > 1]
         if bad:
             raise SliceSelectionError("slices", f"not a single-frame image: {bad[0]}")
+        size = definition.slice_size
+        wrong = [i for i in chosen if size is not None and (i.rows, i.columns) != (size, size)]
+        if wrong:
+            raise SliceSelectionError("slices", f"{len(wrong)} slice(s) are not {size}x{size} (slice_size), "
+                                                f"e.g. {wrong[0].sop_instance_uid}: {wrong[0].rows}x{wrong[0].columns}")
         return chosen
     assert definition.random is not None
     flt = definition.random
@@ -43,10 +48,13 @@ def select_slices(session: Session, definition: StudyDefinition) -> list[Instanc
         query = query.where(Series.series_uid.in_(flt.series_uids))
     if not flt.include_derived:
         query = query.where(Series.derived_from_job.is_(None))
+    if definition.slice_size is not None:
+        query = query.where(Instance.rows == definition.slice_size, Instance.columns == definition.slice_size)
     # Sorted by UID so the same seed draws the same slices whatever order the index returns.
     pool = sorted(session.execute(query).scalars().all(), key=lambda i: i.sop_instance_uid)
     if not pool:
-        raise SliceSelectionError("random", f"no stored {flt.modality} slices match the filter")
+        size = f" of {definition.slice_size}x{definition.slice_size}" if definition.slice_size else ""
+        raise SliceSelectionError("random", f"no stored {flt.modality} slices{size} match the filter")
     rng = np.random.default_rng(definition.seed)
     picks = rng.choice(len(pool), size=min(flt.count, len(pool)), replace=False)
     return [pool[int(i)] for i in picks]

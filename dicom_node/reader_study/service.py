@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,12 @@ from dicom_node.index.models import (
     ReaderStudyPresentation,
     Series,
 )
-from dicom_node.reader_study.candidates import case_input, centre_crop, run_models, save_array
+from dicom_node.reader_study.candidates import (
+    case_input,
+    centre_crop,
+    run_models,
+    save_array,
+)
 from dicom_node.reader_study.definition import FACTOR, StudyDefinition
 from dicom_node.reader_study.randomise import reader_plan
 from dicom_node.reader_study.records import (
@@ -78,8 +83,8 @@ def create_study(sessions: sessionmaker[Session], cfg: SRNodeConfig, definition:
 
 
 def _load_models(cfg: SRNodeConfig, names: list[str]) -> dict[str, Any]:
-    from sr_engine.registry import load, resolve
     from sr_engine.device import pick_device
+    from sr_engine.registry import load, resolve
 
     device = pick_device(cfg.worker.device)
     out = {}
@@ -87,7 +92,7 @@ def _load_models(cfg: SRNodeConfig, names: list[str]) -> dict[str, Any]:
         try:
             out[n] = load(resolve(n, cfg.models), device, tile=cfg.worker.tile_size or None, overlap=cfg.worker.tile_overlap,
                           batch=cfg.worker.batch_size)
-        except Exception as exc:  # noqa: BLE001 - which model failed is what the admin needs to know
+        except Exception as exc:
             raise StudyError("models", f"model {n!r} cannot be loaded: {exc}") from exc
     return out
 
@@ -185,7 +190,7 @@ def close_study(sessions: sessionmaker[Session], study_id: int, actor: str) -> N
         study = get_study(session, study_id)
         if study.state != "open":
             raise StudyError("state", f"study {study_id} is {study.state}, only an open study can be closed", 409)
-        study.state, study.closed_at = "closed", datetime.now(timezone.utc)
+        study.state, study.closed_at = "closed", datetime.now(UTC)
         audit(session, actor, "reader_study.close", {"study": study_id})
 
 

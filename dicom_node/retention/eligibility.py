@@ -51,7 +51,9 @@ def aware(value: datetime | None) -> datetime | None:
 
 
 def blocking_outbox_states(rc: RetentionConfig) -> tuple[OutboxState, ...]:
-    return (OutboxState.pending,) if rc.recycle_failed_deliveries else (OutboxState.pending, OutboxState.failed)
+    # A series held for review (noise guard) still waits for its delivery.
+    waiting = (OutboxState.pending, OutboxState.held)
+    return waiting if rc.recycle_failed_deliveries else (*waiting, OutboxState.failed)
 
 
 def _not_needed(rc: RetentionConfig) -> list:  # type: ignore[type-arg]

@@ -49,6 +49,10 @@ class OrtRunner(torch.nn.Module):
         # needs right after inference (deriving, writing and sending the slices).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # errors only: ORT's info lines are noise in the worker log
+        # No CPU memory arena: the arena keeps its largest size for the life of the session, so a
+        # worker idled at its biggest job's peak (2.1 GB more after one 256² RRDB-6 chunk); with
+        # plain malloc, sr_engine.memory.release_memory() gives it back (BENCHMARKS.md, "Memory").
+        opts.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(export_onnx(module.cpu().eval(), channels), opts,
                                             providers=["CPUExecutionProvider"])
 

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
 from config.loader import parse_config
 from dicom_node.admin import create_app
 from dicom_node.index.db import make_engine, session_factory
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.migrate import upgrade
 
 ADMIN = "admin-token-0123456789"

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.models import Audit, Job, JobState, Patient, Series, Study
 from dicom_node.routing import SeriesFacts, select_rule
 from tests.admin.conftest import ADMIN, READ, READER, auth, postgres_database
@@ -146,6 +146,8 @@ BIG = "99999999999999999999999"  # beyond a signed 64-bit SQL integer
     ("GET", f"/api/jobs/{BIG}", READ),
     ("POST", f"/api/jobs/{BIG}/retry", ADMIN),
     ("POST", f"/api/jobs/{BIG}/cancel", ADMIN),
+    ("POST", f"/api/jobs/{BIG}/release", ADMIN),
+    ("GET", f"/api/jobs/{BIG}/quality", READ),
     ("GET", f"/api/jobs/{BIG}/slices", READ),
     ("GET", f"/api/jobs/{BIG}/slices/0/psnr", READ),
     ("GET", f"/api/jobs/1/slices/{BIG}/source.png", READ),

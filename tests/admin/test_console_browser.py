@@ -169,10 +169,10 @@ def console(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yields the base URL and the config file (a restart is a new LiveConfig over the same database)."""
     import yaml
 
-    from config.live import LiveConfig
     from config.loader import load_config
     from dicom_node.admin import create_app
     from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.live_config import LiveConfig
     from dicom_node.index.migrate import upgrade
 
     cfg_file = tmp_path / "node.yaml"
@@ -251,10 +251,10 @@ def test_override_banner_lists_reports_and_reverts(console: tuple[str, Path], sh
     import yaml
     from playwright.sync_api import expect, sync_playwright
 
-    from config.live import LiveConfig, read_overrides
     from config.loader import load_config
     from dicom_node.admin import create_app
     from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.live_config import LiveConfig, read_overrides
 
     base, cfg_file = console
     with httpx.Client(base_url=base, headers=auth(ADMIN), timeout=30) as http:

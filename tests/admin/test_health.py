@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
 from config.loader import parse_config
 from dicom_node.admin import create_app
 from dicom_node.index.audit import audit_change
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.models import Instance, Job, JobState, Outbox, utcnow
 from dicom_node.outbox.sender import OutboxSender
 from tests.admin.conftest import ADMIN, READ, auth, base_config, make_done_job
@@ -69,7 +69,7 @@ def test_destination_down_is_failing_then_ok_once_back_and_drained(
     assert down["pending"] == 6 and "cannot associate" in down["last_error"]
     assert down["oldest_pending_s"] >= 0 and down["last_success_at"] is None
     job = client.get("/api/jobs", headers=auth(READ)).json()[0]
-    assert job["state"] == "done" and job["delivery"] == {"pending": 6, "failed": 0, "delivered": 0}
+    assert job["state"] == "done" and job["delivery"] == {"pending": 6, "failed": 0, "delivered": 0, "held": 0}
     # Several passes fail (backoff 0.5 s, 1 s): still one WARNING for the outage.
     wait_until(lambda: any(r.attempts >= 3 for r in _rows(factory)), 30, "three failed attempts")
     lines = [r for r in caplog.records if "cannot associate" in r.getMessage()]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from config.live import LiveConfig
+from dicom_node.index.live_config import LiveConfig
 from tests.admin.conftest import ADMIN, READ, auth
 
 ANIME = "RealESRGAN_x4plus_anime_6B.pth"

@@ -11,10 +11,10 @@ import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig, read_overrides
 from config.loader import load_config
 from dicom_node.admin import create_app
 from dicom_node.cli import main
+from dicom_node.index.live_config import LiveConfig, read_overrides
 from tests.admin.conftest import ADMIN, READ, auth, base_config
 
 CT_LANCZOS = {"model": "lanczos"}
@@ -84,12 +84,12 @@ def test_a_file_edited_under_an_override_is_reported_at_start(tmp_path: Path, se
     data["routing"][0]["model"] = "lanczos"
     data["routing"][0]["scale"] = 4
     _write(cfg_file, data)
-    caplog.set_level(logging.INFO, logger="config.live")
+    caplog.set_level(logging.INFO, logger="dicom_node.index.live_config")
     with _app(cfg_file, sessions) as c:
         c.app.state.live.current()  # the node's first read of its configuration
         routing = next(s for s in c.get("/api/config/overrides", headers=auth(READ)).json() if s["key"] == "routing")
     assert routing["file_changed"] is True
-    lines = [r for r in caplog.records if r.name == "config.live"]
+    lines = [r for r in caplog.records if r.name == "dicom_node.index.live_config"]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING, [r.getMessage() for r in lines]
     message = lines[0].getMessage()
     assert "routing: override by admin:" in message and "the file's value changed" in message
@@ -100,7 +100,7 @@ def test_a_file_edited_under_an_override_is_reported_at_start(tmp_path: Path, se
         assert c.put("/api/routing/modalities/CT", json={"model": "bicubic"}, headers=auth(ADMIN)).status_code == 200
     with _app(cfg_file, sessions) as c:
         c.app.state.live.current()
-    lines = [r for r in caplog.records if r.name == "config.live"]
+    lines = [r for r in caplog.records if r.name == "dicom_node.index.live_config"]
     assert [r.levelno for r in lines] == [logging.INFO] and "changed" not in lines[0].getMessage()
 
 
@@ -145,7 +145,7 @@ def test_an_override_the_edited_file_no_longer_fits_does_not_stop_the_node(
     data["peers"] = {}
     data["routing"] = []
     _write(cfg_file, data)
-    caplog.set_level(logging.INFO, logger="config.live")
+    caplog.set_level(logging.INFO, logger="dicom_node.index.live_config")
     live = LiveConfig(load_config(cfg_file), sessions, ttl_s=0.0)
     assert live.current().routing == [] and live.current().routing == []  # the file's, and no exception
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]

@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
 from config.loader import parse_config
 from dicom_node.admin import create_app
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.routing import SeriesFacts, select_rule
 from tests.admin.conftest import ADMIN, READ, auth, base_config
 

@@ -71,11 +71,12 @@ def test_probes_metrics_and_console_over_http(node: NodeServer) -> None:
 
 
 def test_readyz_fails_when_disk_below_minimum(tmp_path: Path) -> None:
-    from config.live import LiveConfig
+    from fastapi.testclient import TestClient
+
     from dicom_node.admin import create_app
     from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.index.live_config import LiveConfig
     from dicom_node.index.migrate import upgrade
-    from fastapi.testclient import TestClient
 
     data = base_config(tmp_path)
     data["node"]["min_free_disk_mb"] = 10**12  # more than any disk has

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
+from dicom_node.index.live_config import LiveConfig
 from tests.admin.conftest import READ, auth, make_done_job
 
 

@@ -121,7 +121,7 @@ def test_config_check_refuses_a_scale_the_model_cannot_do(tmp_path: Path,
 
 
 def test_admin_changes_get_the_same_model_checks(tmp_path: Path) -> None:
-    from config.live import LiveConfig
+    from dicom_node.index.live_config import LiveConfig
 
     live = LiveConfig(parse_config({}, base_dir=tmp_path, environ={}), sessions=None)  # type: ignore[arg-type]
     for change, key in (({"routing": [{"model": "bicubic", "scale": 2}]}, "routing.0.scale"),
@@ -220,3 +220,24 @@ def test_routing_rule_names_must_be_unique_in_the_file_too(tmp_path: Path) -> No
         parse_config({"routing": [{"match": {"modality": "CT"}, "model": "bicubic"},
                                   {"name": "rule-0", "match": {"modality": "MR"}, "model": "bicubic"}]},
                      base_dir=tmp_path, environ={})
+
+
+@pytest.mark.parametrize("rule, key, message", [
+    ({"model": "bicubic", "noise_action": "hold"}, "routing.0.noise_action", "hold needs max_noise_ratio"),
+    ({"model": "bicubic", "max_noise_ratio": 0.9}, "routing.0.max_noise_ratio", "greater than 1"),
+    ({"skip": True, "max_noise_ratio": 1.2}, "routing.0.max_noise_ratio", "a skip rule derives none"),
+    ({"model": "bicubic", "max_noise_ratio": 1.2, "noise_action": "drop"}, "routing.0.noise_action", "'mark' or 'hold'"),
+])
+def test_noise_guard_rule_fields_are_checked_at_load(tmp_path: Path, rule: dict, key: str, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routing": [rule]}, base_dir=tmp_path, environ={})
+    assert info.value.keys == [key] and message in str(info.value)
+
+
+def test_noise_guard_rule_round_trips_through_a_dump(tmp_path: Path) -> None:
+    # The console and overrides dump rules with their defaults (noise_action: mark, no limit) and
+    # validate them again: that must stay valid.
+    cfg = parse_config({"routing": [{"model": "bicubic"}, {"model": "bicubic", "max_noise_ratio": 1.1,
+                                                           "noise_action": "hold"}]}, base_dir=tmp_path, environ={})
+    again = parse_config(cfg.model_dump(mode="json"), base_dir=tmp_path, environ={})
+    assert [(r.max_noise_ratio, r.noise_action) for r in again.routing] == [(None, "mark"), (1.1, "hold")]

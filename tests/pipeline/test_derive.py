@@ -64,7 +64,7 @@ def test_geometry_and_values(ct_dirs: list[Path], scale: int) -> None:
     assert np.abs(back - np.maximum(up, -1024)).max() <= float(getattr(src, "RescaleSlope", 1)) / 2 + 1e-6
 
 
-@pytest.mark.parametrize("transfer_syntax", ["explicit_le", "rle", "jpeg2000_lossless"])
+@pytest.mark.parametrize("transfer_syntax", ["explicit_le", "rle", "jpeg2000_lossless", "jpegls_lossless"])
 def test_every_ct_series_passes_dciodvfy(ct_dirs: list[Path], tmp_path: Path, transfer_syntax: str) -> None:
     sha = "0123456789abcdef" * 4
     derivation = Derivation(model="bicubic", checkpoint_sha256=sha, scale=2, transfer_syntax=transfer_syntax)
@@ -81,7 +81,7 @@ def test_every_ct_series_passes_dciodvfy(ct_dirs: list[Path], tmp_path: Path, tr
             reread = pydicom.dcmread(out)
             assert str(reread.file_meta.TransferSyntaxUID) == str(
                 {"explicit_le": "1.2.840.10008.1.2.1", "rle": "1.2.840.10008.1.2.5",
-                 "jpeg2000_lossless": "1.2.840.10008.1.2.4.90"}[transfer_syntax])
+                 "jpeg2000_lossless": "1.2.840.10008.1.2.4.90", "jpegls_lossless": "1.2.840.10008.1.2.4.80"}[transfer_syntax])
             # Lossless: the re-read HU equal what was written before encoding.
             assert np.array_equal(modality_values(reread), modality_values(classic[-1]))
             assert sha in list(reread.ContributingEquipmentSequence[-1].SoftwareVersions)

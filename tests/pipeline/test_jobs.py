@@ -143,7 +143,8 @@ def test_model_changed_since_routing_is_permanent(tmp_path: Path, stored) -> Non
 
 def _eager_task(cfg, factory, device: str = "cpu"):  # type: ignore[no-untyped-def]
     """The real process_job task, run in-process (retries too, at once)."""
-    from workers.app import TASK_PROCESS_JOB, make_celery
+    from dicom_node.broker import TASK_PROCESS_JOB
+    from workers.app import make_celery
     from workers.tasks import WorkerRuntime, register_tasks
 
     app = make_celery(cfg)

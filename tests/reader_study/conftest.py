@@ -14,10 +14,10 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
 from config.loader import parse_config
 from dicom_node.admin import create_app
-from dicom_node.admin.auth import token_fingerprint
+from dicom_node.index.audit import token_fingerprint
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.ingest import store_encoded
 from tests.admin.conftest import sessions  # noqa: F401 - the same index fixture as the admin tests
 

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.live import LiveConfig
 from dicom_node.admin import create_app
 from dicom_node.admin.service import AdminService
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.models import ReaderStudyAnswer, ReaderStudyCandidate, ReaderStudyCase
 from tests.browser import launch_chromium, screenshot_dir
 from tests.reader_study.conftest import ADMIN, MODELS, READERS, fp

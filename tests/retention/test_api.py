@@ -14,10 +14,10 @@ import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from config.live import LiveConfig
 from config.loader import parse_config
 from config.schema import RetentionConfig
 from dicom_node.admin import create_app
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.models import Audit, Series, utcnow
 from dicom_node.retention.recycler import run_pass
 from dicom_node.retention.usage import usage_by_kind

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from config.live import LiveConfig
 from config.loader import parse_config
 from dicom_node.admin import create_app
 from dicom_node.admin.service import AdminService
+from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.models import Series
 from tests.admin.conftest import ADMIN, base_config
 from tests.browser import launch_chromium, screenshot_dir

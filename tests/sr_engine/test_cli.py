@@ -120,3 +120,36 @@ def test_evaluate_bicubic_with_projection(capsys, caplog, tmp_path: Path, ct_dir
     # Projection onto the LR-consistent set raises LR-consistency well above the raw output's.
     assert summary["lanczos+proj"]["lr_psnr"]["mean"] > summary["lanczos"]["lr_psnr"]["mean"] + 5
     assert summary["lanczos"]["psnr_hu"]["mean"] > summary["bicubic"]["psnr_hu"]["mean"] - 1
+
+
+def test_evaluate_native_models_against_lanczos(capsys, caplog, tmp_path: Path, ct_dirs: list[Path], repo_root: Path) -> None:
+    out = tmp_path / "native"
+    cfg = repo_root / "models" / "ct-realesrgan-anime6b" / "registry.yaml"
+    r = srnode(capsys, caplog, "evaluate", "--native", "--model", "ct-realesrgan-anime6b", "--model", "lanczos",
+               "--config", str(cfg), "--max-slices", "2", "--crop", "64", "--out", str(out), *map(str, ct_dirs))
+    assert r.returncode == 0, r.stderr
+    assert "100%" in r.stderr and "| all | ct-realesrgan-anime6b | 6 |" in r.stdout
+    doc = json.loads((out / "native.json").read_text())
+    assert len(doc["slices"]) == 6 and {s["native_shape"][0] for s in doc["slices"]} == {64}
+    for s in doc["slices"]:
+        # The registry's `lanczos` model (tiled engine path, [0, 1] mapping) is the reference itself.
+        assert s["models"]["lanczos"]["noise_ratio"] == pytest.approx(1.0, abs=1e-3)
+        assert s["models"]["lanczos"]["edge_ratio"] == pytest.approx(1.0, abs=1e-3)
+        assert 0.5 < s["models"]["ct-realesrgan-anime6b"]["noise_ratio"] < 3
+    series = [k for k in doc["summary"] if k != "all"]
+    assert len(series) == 3
+    first = [s["models"]["ct-realesrgan-anime6b"]["edge_ratio"] for s in doc["slices"] if s["series"] == series[0]]
+    assert doc["summary"][series[0]]["ct-realesrgan-anime6b"]["edge_ratio"]["mean"] == pytest.approx(sum(first) / 2)
+    assert doc["protocol"]["targets"] == {"noise_ratio_max": 1.1, "edge_ratio_min": 1.05}
+    assert (out / "native.md").read_text().startswith("| series | model |")
+    pngs = sorted((out / "crops").glob("*.png"))
+    assert len(pngs) == 3 and (out / "native.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_native_refuses_bad_options(capsys, caplog, tmp_path: Path, ct_dirs: list[Path]) -> None:
+    r = srnode(capsys, caplog, "evaluate", "--model", "bicubic", "--model", "lanczos", str(ct_dirs[1]))
+    assert r.returncode == 1 and "repeat --model only with --native" in r.stderr
+    r = srnode(capsys, caplog, "evaluate", "--native", "--model", "bicubic", str(ct_dirs[1]))
+    assert r.returncode == 1 and "--native needs --out" in r.stderr
+    r = srnode(capsys, caplog, "evaluate", "--native", "--model", "bicubic", "--crop", "16", "--out", str(tmp_path), str(ct_dirs[1]))
+    assert r.returncode == 1 and "--crop 16" in r.stderr

@@ -11,7 +11,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from config.schema import IntensityConfig
 from sr_engine.intensity import (
     CT_MAPPING,
     IntensityMapping,
@@ -21,6 +20,7 @@ from sr_engine.intensity import (
     to_stored,
 )
 from sr_engine.interpolate import Bicubic
+from sr_engine.model_entry import IntensityConfig
 from sr_engine.upscale import Upscaler
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config.schema import IntensityConfig, ModelEntry
 from sr_engine import registry
 from sr_engine.archs import CheckpointError
 from sr_engine.intensity import CT_MAPPING
+from sr_engine.model_entry import IntensityConfig, ModelEntry
 
 ANIME = "RealESRGAN_x4plus_anime_6B.pth"
 

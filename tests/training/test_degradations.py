@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.degradations import BLIND, DegradationConfig, blur, gaussian_kernel, jpeg_like, post_downsample
 
@@ -35,3 +36,19 @@ def test_post_downsample_off_is_identity_and_blind_adds_noise() -> None:
     out = post_downsample(img, noisy, rng)
     assert 0.04 < float(out.std()) < 0.06
     assert BLIND.enabled and not DegradationConfig().enabled
+
+
+def test_overrides_replace_fields_and_refuse_nonsense() -> None:
+    from training.degradations import NATIVE_CT, with_overrides
+    from training.presets import get_preset
+
+    d = with_overrides(NATIVE_CT, {"blur_prob": 0.6, "native_noise_scale": [0.5, 2.5]})
+    assert d.blur_prob == 0.6 and d.native_noise_scale == (0.5, 2.5)
+    assert d.native_noise_prob == NATIVE_CT.native_noise_prob  # the rest is kept
+    for bad, msg in (({"blur": 0.5}, "unknown field 'blur'"), ({"jpeg_prob": 1.5}, "probability"),
+                     ({"blur_sigma": [2.0, 1.0]}, "range")):
+        with pytest.raises(ValueError, match=msg):
+            with_overrides(NATIVE_CT, bad)
+        # The preset check names the same problem before any data is read.
+        with pytest.raises(ValueError, match=msg):
+            get_preset("compact").with_overrides(degradation_overrides=bad).validate()

@@ -6,12 +6,22 @@ import pytest
 from training.presets import PAPER_MILESTONES, PRESETS, get_preset
 
 
+PAPER_MODELS = ("bsrgan", "realesrgan", "dpsr", "swinir", "hat")
+
+
 def test_paper_hyperparameters() -> None:
-    lrs = {n: p.lr for n, p in PRESETS.items()}
+    lrs = {n: PRESETS[n].lr for n in PAPER_MODELS}
     assert lrs == {"bsrgan": 1e-6, "realesrgan": 1e-4, "dpsr": 2e-4, "swinir": 1e-6, "hat": 1e-5}
+    # Every preset, the paper's five and ours (compact), keeps the paper's schedule.
     for p in PRESETS.values():
         assert p.batch_size == 24 and p.steps == 1_000_000 and p.gamma == 0.5
         assert p.milestones == PAPER_MILESTONES == (500_000, 800_000, 900_000, 950_000, 1_000_000)
+
+
+def test_compact_preset_is_the_grey_fast_model() -> None:
+    p = get_preset("compact")
+    assert p.arch == "compact" and p.native_noise and p.lr == 5e-4
+    assert p.arch_overrides["num_in_ch"] == p.arch_overrides["num_out_ch"] == 1
 
 
 def test_overrides_and_scaled_milestones() -> None:

@@ -19,7 +19,8 @@ from dicom_node.outbox.queue import backoff_s
 from dicom_node.pipeline import Dispatcher
 from tests.pipeline.test_jobs import stored  # noqa: F401 - fixture
 from workers import model_cache
-from workers.app import make_celery, queue_name
+from dicom_node.broker import queue_name
+from workers.app import make_celery
 from workers.process import claim_job, utcnow
 
 torch.set_num_threads(1)
@@ -272,8 +273,8 @@ def test_a_resend_whose_old_message_survived_runs_the_job_once(cfg, factory) -> 
 def test_admin_retry_of_a_stuck_queued_job_sends_it_again(cfg, factory) -> None:  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
-    from config.live import LiveConfig
     from dicom_node.admin import create_app
+    from dicom_node.index.live_config import LiveConfig
 
     dispatcher, job_id, lost = _queued_and_sent(cfg, factory)
     admin_cfg = parse_config({**cfg.model_dump(mode="json"), "admin": {"tokens": {"t" * 24: "admin"}}}, environ={})
@@ -288,8 +289,8 @@ def test_admin_retry_of_a_stuck_queued_job_sends_it_again(cfg, factory) -> None:
 def test_a_stopping_worker_releases_its_job_after_the_chunk_being_written(tmp_path: Path, stored) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import event
 
-    from tests.pipeline.test_jobs import make_cfg
     from dicom_node.pipeline import route_series
+    from tests.pipeline.test_jobs import make_cfg
     from workers import process
 
     factory, series_pk, _ = stored

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from config.live import MUTABLE_SECTIONS, Override
 from dicom_node.admin.auth import Principal, require_admin, require_read
 from dicom_node.admin.context import bad_key, ctx_of
+from dicom_node.index.live_config import MUTABLE_SECTIONS, Override
 
 log = logging.getLogger("srnode.admin")
 

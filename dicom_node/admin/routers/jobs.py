@@ -11,6 +11,7 @@ from dicom_node.admin.auth import Principal, require_admin, require_read
 from dicom_node.admin.context import ctx_of, log
 from dicom_node.admin.params import Offset, RowId
 from dicom_node.index.models import Audit, Job, JobState, Series, utcnow
+from dicom_node.outbox.hold import quality_doc, release_held_job
 from dicom_node.outbox.queue import job_delivery
 
 router = APIRouter(tags=["jobs"])
@@ -52,7 +53,19 @@ def job_view(job: Job, series: Series, delivery: dict[str, int] | None = None) -
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "timings": timings,
         "delivery": delivery or {"pending": 0, "failed": 0, "delivered": 0},
+        "held": job.held,
+        "quality": quality_summary(job),
     }
+
+
+def quality_summary(job: Job) -> dict[str, Any] | None:
+    """The noise guard's series figures (workers/noise_guard.py) without the per-slice list; None
+    when the job was not measured (not CT, or not run yet)."""
+    doc = quality_doc(job.quality)
+    if not doc:
+        return None
+    return {"noise_ratio": job.noise_ratio, "edge_ratio": job.edge_ratio,
+            **{k: v for k, v in doc.items() if k != "slices"}, "held": job.held}
 
 
 @router.get("/jobs")
@@ -130,6 +143,33 @@ def retry_job(job_id: RowId, request: Request, who: Principal = Depends(require_
     if enqueue is not None:
         enqueue(job_id)
         view["enqueued"] = True
+    return view
+
+
+@router.get("/jobs/{job_id}/quality")
+def job_quality(job_id: RowId, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+    """The noise guard's companion report: series figures and every slice's noise and edge ratio
+    against lanczos, by source SOP Instance UID ([noise, edge, flat-tissue pixels])."""
+    with ctx_of(request).sessions() as session:
+        job, _series = _load(session, job_id)
+        doc = quality_doc(job.quality)
+        return {"job": job.id, "summary": quality_summary(job), "slices": doc.get("slices", {})}
+
+
+@router.post("/jobs/{job_id}/release")
+def release_job(job_id: RowId, request: Request, who: Principal = Depends(require_admin)) -> dict[str, Any]:
+    """Send a derived series the noise guard held for review (its outbox rows become pending)."""
+    ctx = ctx_of(request)
+    with ctx.sessions() as session, session.begin():
+        job, series = _load(session, job_id)
+        if not job.held:
+            raise HTTPException(409, f"job {job_id} is not held for review")
+        rows = release_held_job(session, job, who.actor)
+        session.add(Audit(actor=who.actor, action="job.release",
+                          detail=f"job {job_id}: held for review -> released, {rows} outbox row(s) to send"))
+        view = job_view(job, series)
+    log.info("job %s released for sending by %s (%d outbox rows)", job_id, who.actor, rows)
+    view["released_rows"] = rows
     return view
 
 

@@ -15,6 +15,7 @@ from dicom_node.admin.params import Index, RowId
 from dicom_node.admin.render import default_window, load_values, window_png
 from dicom_node.derive.uids import derived_sop_uid
 from dicom_node.index.models import Instance, Job, Series
+from dicom_node.outbox.hold import quality_doc
 from dicom_node.storage import resolve_in
 
 router = APIRouter(tags=["viewer"])
@@ -78,8 +79,10 @@ def _slice(storage: Path, inst: Instance, frame: int) -> tuple[np.ndarray, str, 
 
 @router.get("/jobs/{job_id}/slices")
 def job_slices(job_id: RowId, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
-    """The slice pairs of a finished job and a default display window."""
+    """The slice pairs of a finished job, a default display window, and the noise guard's
+    figures (series and per slice: noise and edge ratio against lanczos; None where not measured)."""
     job, pairs, storage = _job_pairs(request, job_id)
+    measured = quality_doc(job.quality).get("slices", {})
     window = None
     if pairs:
         values, modality, stored = _slice(storage, pairs[len(pairs) // 2]["source"], 0)
@@ -90,10 +93,15 @@ def job_slices(job_id: RowId, request: Request, _: Principal = Depends(require_r
         "scale": job.scale,
         "derived_series_uid": job.derived_series_uid,
         "window": window,
+        "noise_ratio": job.noise_ratio,
+        "edge_ratio": job.edge_ratio,
+        "held": job.held,
         "slices": [
             {"k": p["k"], "source_sop": p["source"].sop_instance_uid, "derived_sop": p["derived"].sop_instance_uid,
              "frame": p["frame"], "source_size": [p["source"].rows, p["source"].columns],
-             "derived_size": [p["derived"].rows, p["derived"].columns]}
+             "derived_size": [p["derived"].rows, p["derived"].columns],
+             "noise_ratio": (measured.get(p["source"].sop_instance_uid) or [None, None])[0],
+             "edge_ratio": (measured.get(p["source"].sop_instance_uid) or [None, None])[1]}
             for p in pairs
         ],
     }

@@ -1,6 +1,7 @@
 // Comparison viewer: original beside derived (or a swipe overlay), one shared window/level, zoom and
-// pan for both, and the LR-consistency PSNR of the slice. Pixels are rendered on the node from float
-// values through the chosen window (display only).
+// pan for both, the LR-consistency PSNR of the slice and, beside it, the noise guard's figures (flat-tissue
+// noise and strong-edge gradient against lanczos of the same slice). Pixels are rendered on the node from
+// float values through the chosen window (display only).
 import { api } from "../api.js";
 import { h, toast, errorText } from "../ui.js";
 
@@ -25,6 +26,7 @@ export default async function viewer(main, args) {
   const imgs = { source: h("img", { alt: "original", testid: "img-source" }), derived: h("img", { alt: "derived", testid: "img-derived" }) };
   const swipeImgs = { source: h("img", { alt: "original" }), derived: h("img", { alt: "derived" }) };
   const psnr = h("span", { testid: "psnr" }, "…");
+  const noise = h("span", { testid: "noise" }, "");
   const centerIn = h("input", { type: "number", value: st.center, class: "narrow", testid: "wl-center" });
   const widthIn = h("input", { type: "number", value: st.width, min: 1, class: "narrow", testid: "wl-width" });
   const zoomIn = h("input", { type: "range", min: 1, max: 8, step: 0.25, value: 1, testid: "zoom" });
@@ -61,7 +63,17 @@ export default async function viewer(main, args) {
     } catch (err) { toast(errorText(err), "error"); }
   }
 
+  // The guard's ratios come with the slice list (measured by the worker); x1.00 is lanczos.
+  const ratio = (x) => (x === null || x === undefined ? "–" : `x${x.toFixed(2)}`);
+  function showNoise() {
+    const s = info.slices.find((x) => x.k === st.k);
+    if (s.noise_ratio == null && s.edge_ratio == null && info.noise_ratio == null) { noise.textContent = "not measured"; return; }
+    noise.textContent = `noise ${ratio(s.noise_ratio)}, edges ${ratio(s.edge_ratio)} over lanczos ` +
+      `(series: noise ${ratio(info.noise_ratio)}, edges ${ratio(info.edge_ratio)})${info.held ? " · held for review" : ""}`;
+  }
+
   async function loadPsnr() {
+    showNoise();
     psnr.textContent = "…";
     try {
       const r = await api.get(`/api/jobs/${jobId}/slices/${st.k}/psnr`);
@@ -121,7 +133,8 @@ export default async function viewer(main, args) {
       Object.entries(PRESETS).map(([n, [c, w]]) => h("button", { onclick: () => setWindow(c, w) }, n)),
       h("label", {}, "Zoom ", zoomIn), modeBtn, h("label", {}, "Swipe ", swipeIn),
       h("button", { onclick: () => { st.zoom = 1; st.panX = st.panY = 0; zoomIn.value = 1; applyTransform(); } }, "Reset view")),
-    h("p", {}, "LR-consistency PSNR (derived, degraded back ×", info.scale, ", vs original): ", h("strong", {}, psnr)),
+    h("p", {}, "LR-consistency PSNR (derived, degraded back ×", info.scale, ", vs original): ", h("strong", {}, psnr),
+      " · ", h("span", { title: "flat-tissue noise and strong-edge gradient of the derived slice over lanczos of the original (noise guard)" }, h("strong", {}, noise))),
     sideBySide, swipeView,
     h("p", { class: "muted" }, "Drag to pan, wheel to zoom, shift-drag or right-drag for window/level. The window is for display only."));
   applyTransform();

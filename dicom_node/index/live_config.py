@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import delete, func, select
@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.loader import ConfigError, parse_config
 from config.schema import SRNodeConfig
+from dicom_node.index.audit import audit_change
+from dicom_node.index.models import ConfigOverride, NodeSetting
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,6 @@ def apply_overrides(base: SRNodeConfig, overrides: dict[str, Any]) -> SRNodeConf
 
 def read_overrides(sessions: sessionmaker[Session], base: SRNodeConfig) -> list[Override]:
     """The override in force per section (the newest row), in MUTABLE_SECTIONS order."""
-    from dicom_node.index.models import ConfigOverride, NodeSetting
-
     with sessions() as session:
         rows = session.execute(select(ConfigOverride).order_by(ConfigOverride.id)).scalars().all()
         newest = {row.section: row for row in rows}
@@ -86,7 +86,7 @@ def read_overrides(sessions: sessionmaker[Session], base: SRNodeConfig) -> list[
         row = newest[section]
         recorded = then.get(_FILE_VALUE_KEY.format(section))
         # SQLite hands back naive datetimes; they are UTC (index.models.utcnow).
-        at = row.created_at.replace(tzinfo=timezone.utc) if row.created_at and not row.created_at.tzinfo \
+        at = row.created_at.replace(tzinfo=UTC) if row.created_at and not row.created_at.tzinfo \
             else row.created_at
         out.append(Override(key=section, actor=row.actor, created_at=at,
                             value=json.loads(row.value_json), file_value=file_data[section],
@@ -101,9 +101,6 @@ def clear_overrides(sessions: sessionmaker[Session], base: SRNodeConfig, keys: l
     Refused (ConfigError, nothing deleted) when the overrides left would not validate with the
     file, e.g. routing overridden to send to a peer that only the peers override adds.
     """
-    from dicom_node.index.audit import audit_change
-    from dicom_node.index.models import ConfigOverride, NodeSetting
-
     unknown = sorted(set(keys or []) - set(MUTABLE_SECTIONS))
     if unknown:
         raise ConfigError(f"{unknown[0]}: not a section that can be overridden ({', '.join(MUTABLE_SECTIONS)})",
@@ -169,8 +166,6 @@ class LiveConfig:
 
     def _read(self) -> SRNodeConfig:
         """The YAML with the newest override per section, from the database (or the last known)."""
-        from dicom_node.index.models import ConfigOverride
-
         try:
             with self._sessions() as session:
                 # Count and newest time too: rows deleted by `config overrides --clear` (another
@@ -226,9 +221,6 @@ class LiveConfig:
     def set_section(self, section: str, value: Any, actor: str, how: str = "section") -> SRNodeConfig:
         """Validate, persist and audit one section change (`how` it was made, e.g. "json" or
         "per-modality", goes into the audit row); returns the new config."""
-        from dicom_node.index.audit import audit_change
-        from dicom_node.index.models import ConfigOverride, NodeSetting
-
         current = self.current().model_dump(mode="json")
         overrides = {k: current[k] for k in MUTABLE_SECTIONS}
         overrides[section] = value
