@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test system-deps venv clean bench
+.PHONY: demo test lint system-deps venv clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ system-deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 		dcmtk orthanc orthanc-dicomweb dicom3tools redis-server chromium chromium-driver docker-compose
 
-test: $(STAMP)
+# Lint and type checks (configuration in pyproject.toml); a finding fails `make test`.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q -ra
 
 demo: $(STAMP)

@@ -441,7 +441,8 @@ def drained(tally: Tally, collector: Collector, cfg: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30, help="sending time (default 30); then the node drains")
     p.add_argument("--senders", type=int, default=3, help="parallel storescu senders (default 3)")
     p.add_argument("--slices", type=int, default=8, help="slices per series (default 8)")
@@ -450,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="retention.quota_mb (default 300, well below what is sent); 0 = no retention section")
     p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run: 2 senders, 4 slices, 10 s period, "
                    "quota 60 MiB")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "soak_results", help="soak.json, disk.png, node.log")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "soak_results",
+                   help="soak.json, disk.png, node.log")
     p.add_argument("--keep", action="store_true", help="keep the node's work folder (printed)")
     args = p.parse_args(argv)
     if args.quick:

@@ -83,7 +83,8 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     results = {}
-    name_dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name_dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU ({torch.get_num_threads()} threads)")
     print(f"| preset | params | batch | HR patch | AMP | s/step (median) | paper s/step | faster |  device: {name_dev}")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.presets:

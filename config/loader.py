@@ -106,7 +106,8 @@ def file_system_type(path: Path, mounts: Path = Path("/proc/self/mounts")) -> st
         lines = mounts.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return None  # not Linux: no warning rather than a wrong one
-    real, best = str(path.resolve()), ("", None)
+    real = str(path.resolve())
+    best: tuple[str, str | None] = ("", None)
     for line in lines:
         fields = line.split()
         if len(fields) < 3:

@@ -62,4 +62,4 @@ def set_tcp_nodelay(event: evt.Event) -> None:
 
 
 # For ae.associate(..., evt_handlers=NODELAY): the SCU side of the same fix.
-NODELAY = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+NODELAY: list[evt.EventHandlerType] = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]

@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import median
+from typing import Any, cast
 
 from sqlalchemy import exists, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.index.models import Instance, Series, SeriesState
@@ -84,7 +86,8 @@ def completeness_issues(instances: list[Instance], storage_dir: Path | None = No
     spacings = {i.pixel_spacing for i in images}
     if len(sizes) > 1 or len(orientations) > 1 or len(spacings) > 1:
         reasons.append(
-            f"mixed geometry: {len(sizes)} matrix sizes, {len(orientations)} orientations, {len(spacings)} pixel spacings"
+            f"mixed geometry: {len(sizes)} matrix sizes, {len(orientations)} orientations, "
+            f"{len(spacings)} pixel spacings"
         )
     single_frame = all((i.number_of_frames or 1) == 1 for i in images)
     positions = sorted(i.slice_location for i in images if i.slice_location is not None)
@@ -114,8 +117,8 @@ def completeness_issues(instances: list[Instance], storage_dir: Path | None = No
 
 def _stack_tilt_degrees(images: list[Instance]) -> float | None:
     iop = _vec(images[0].image_orientation, 6)
-    pts = [(i.slice_location, _vec(i.image_position, 3)) for i in images]
-    pts = sorted((s, p) for s, p in pts if s is not None and p is not None)
+    located = [(i.slice_location, _vec(i.image_position, 3)) for i in images]
+    pts = sorted((s, p) for s, p in located if s is not None and p is not None)
     if not iop or len(pts) < 2:
         return None
     r, c = iop[:3], iop[3:]
@@ -131,7 +134,7 @@ def _stack_tilt_degrees(images: list[Instance]) -> float | None:
 def mark_stable(factory: sessionmaker[Session], stable_after_s: float, storage_dir: Path | None = None,
                 now: datetime | None = None) -> list[int]:
     """Commit receiving → stable for every series quiet for `stable_after_s`; return their keys."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=stable_after_s)
     done: list[int] = []
     with factory() as session:
@@ -150,7 +153,7 @@ def mark_stable(factory: sessionmaker[Session], stable_after_s: float, storage_d
                         incomplete_reason="; ".join(reasons))
             )
             session.commit()
-            if result.rowcount:
+            if cast("CursorResult[Any]", result).rowcount:
                 done.append(pk)
                 log.info("series #%d stable (%d instances)%s", pk, len(instances),
                          f", likely incomplete: {'; '.join(reasons)}" if reasons else "")

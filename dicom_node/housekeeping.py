@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Engine, delete, exists, func, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import HousekeepingConfig
@@ -57,7 +58,7 @@ ENDED_JOB_STATES = (JobState.done, JobState.done_with_errors, JobState.failed, J
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -96,7 +97,8 @@ def _delete_batched(factory: sessionmaker[Session], model: Any, *where: Any) -> 
         with session_scope(factory) as session:
             ids = list(session.scalars(select(model.id).where(*where).order_by(model.id).limit(BATCH_ROWS)))
             if ids:
-                total += session.execute(delete(model).where(model.id.in_(ids), *where)).rowcount or 0
+                deleted = session.execute(delete(model).where(model.id.in_(ids), *where))
+                total += cast("CursorResult[Any]", deleted).rowcount or 0
         if len(ids) < BATCH_ROWS:
             return total
 

@@ -34,10 +34,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
@@ -49,6 +49,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -167,7 +168,7 @@ class StoreResult:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str:
@@ -286,7 +287,8 @@ def _index_known_series(session: Session, series_pk: int, ds_header: Dataset, re
     if updated.rowcount != 1:
         raise _StaleSeriesCache()
     if existing is None:
-        pk = conn.execute(_INSERT_INSTANCE, {"series_pk": series_pk, "sop_instance_uid": sop_uid, **values}).inserted_primary_key[0]
+        inserted = conn.execute(_INSERT_INSTANCE, {"series_pk": series_pk, "sop_instance_uid": sop_uid, **values})
+        pk = cast("Row[Any]", inserted.inserted_primary_key)[0]  # set for a single-row INSERT
         return int(pk), False, bool(values["is_image"])
     conn.execute(_UPDATE_INSTANCE, {"ipk": existing.id, **values})
     return int(existing.id), True, bool(values["is_image"])
@@ -382,7 +384,8 @@ def index_instance(
         session.add(instance)
     elif instance.series_pk != series.id:
         raise DuplicateConflict(f"SOPInstanceUID {sop_uid} is already indexed under another series")
-    for column, value in instance_values(ds_header, rel_path, file_size, transfer_syntax, sender, now, is_image).items():
+    values = instance_values(ds_header, rel_path, file_size, transfer_syntax, sender, now, is_image)
+    for column, value in values.items():
         setattr(instance, column, value)
     session.flush()
     return instance

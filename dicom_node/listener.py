@@ -13,7 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
@@ -29,6 +29,7 @@ class ReusePortServer(ThreadedAssociationServer):
     """A threaded association server whose socket may share its port with sibling processes."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None  # created by the server's __init__ before binding
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -37,7 +38,8 @@ def start_listener(ae: AE, address: tuple[str, int], ssl_context: Any, handlers:
                    reuse_port: bool) -> ThreadedAssociationServer:
     """Start a non-blocking association server (as AE.start_server does, optionally reuse-port)."""
     if not reuse_port:
-        return ae.start_server(address, block=False, ssl_context=ssl_context, evt_handlers=handlers)
+        server = ae.start_server(address, block=False, ssl_context=ssl_context, evt_handlers=handlers)
+        return cast(ThreadedAssociationServer, server)  # block=False always returns the server
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers, server_class=ReusePortServer)
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True)
@@ -54,7 +56,8 @@ def spawn_listeners(child_main: ChildMain, cfg_data: dict[str, Any], port: int, 
     procs = []
     for i in range(count):
         ready = ctx.Event()
-        proc = ctx.Process(target=child_main, args=(cfg_data, port, ready), name=f"srnode-listener-{i + 1}", daemon=False)
+        proc = ctx.Process(target=child_main, args=(cfg_data, port, ready), name=f"srnode-listener-{i + 1}",
+                           daemon=False)
         proc.start()
         procs.append((proc, ready))
     for proc, ready in procs:

@@ -31,7 +31,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 ASSOCIATIONS = Counter(
     "srnode_associations",
-    "Association requests by the node's own checks' outcome (accepted, rejected_unknown_ae, rejected_called_ae, rejected_disk, rejected_quota)",
+    "Association requests by the node's own checks' outcome "
+    "(accepted, rejected_unknown_ae, rejected_called_ae, rejected_disk, rejected_quota)",
     ["outcome"],
     registry=REGISTRY,
 )

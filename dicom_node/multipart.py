@@ -34,7 +34,9 @@ class MediaType:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    out, current, quoted = [], [], False
+    out: list[str] = []
+    current: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

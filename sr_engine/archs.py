@@ -10,15 +10,16 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from spandrel import (
     MAIN_REGISTRY,
+    Architecture,
     ArchRegistry,
     ArchSupport,
-    Architecture,
     ImageModelDescriptor,
     ModelDescriptor,
     SizeRequirements,
@@ -219,7 +220,8 @@ def load_state_dict(
         sample = ", ".join(sorted(sd)[:6])
         raise CheckpointError(f"{source}: no known architecture matches keys ({sample}, ...)") from exc
     except KeyError as exc:
-        raise CheckpointError(f"{source}: missing key {exc.args[0]!r} for {want or 'the detected architecture'}") from exc
+        raise CheckpointError(
+            f"{source}: missing key {exc.args[0]!r} for {want or 'the detected architecture'}") from exc
     except RuntimeError as exc:  # load_state_dict(strict=True): names missing/unexpected keys
         raise CheckpointError(f"{source}: state dict does not match the architecture: {exc}") from exc
     if not isinstance(descriptor, ImageModelDescriptor):

@@ -28,7 +28,7 @@ def _model_options(p: argparse.ArgumentParser, repeat_model: bool = False) -> No
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU is faster where supported")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `models` and `evaluate` to the srnode CLI."""
     models = subparsers.add_parser("models", help="super-resolution models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")

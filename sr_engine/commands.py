@@ -8,7 +8,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -26,7 +28,8 @@ from sr_engine.native_eval import NativeSeries, centre_crop, evaluate_native, ev
 log = logging.getLogger(__name__)
 
 
-def _guard(func):  # noqa: ANN001, ANN202 - wraps a command so user errors are one line, not a trace
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Wrap a command so user errors are one line, not a trace."""
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
@@ -46,7 +49,7 @@ def _models_config(args: argparse.Namespace) -> dict[str, ModelEntry]:
 
 def _spec(args: argparse.Namespace, name: str | None = None) -> registry.ModelSpec:
     spec = registry.resolve(name or args.model, _models_config(args))
-    changes: dict = {}
+    changes: dict[str, Any] = {}
     if args.weights:
         changes["weights"] = Path(args.weights)
         changes["sha256"] = args.sha256  # a config sha256 belongs to the config's file
@@ -95,8 +98,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         status = "built-in" if s.arch in ("bicubic", "lanczos") else (
             "ok" if s.weights and s.weights.is_file() else "no weights")
         rows.append((s.name, s.arch, f"x{s.scale}", status, (s.sha256 or "-")[:12], weights))
-    widths = [max(len(r[i]) for r in rows + [("name", "arch", "scale", "status", "sha256", "weights")]) for i in range(6)]
-    for r in [("name", "arch", "scale", "status", "sha256", "weights")] + rows:
+    header = ("name", "arch", "scale", "status", "sha256", "weights")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(6)]
+    for r in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,21 +57,21 @@ def _scores(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: int) ->
 
 def evaluate_slices(
     slices: Iterable[Slice],
-    upscalers: dict[str, Callable[[np.ndarray, IntensityMapping], np.ndarray]],
+    upscalers: Mapping[str, Callable[[np.ndarray, IntensityMapping], np.ndarray]],
     scale: int,
     batch: int = 4,
     mapping: IntensityMapping = CT_MAPPING,
     project: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Per-slice metrics of every named upscaler (e.g. the model and bicubic) on the same LR."""
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     pending: list[Slice] = []
 
     def flush() -> None:
         hr = torch.from_numpy(np.stack([crop_to_multiple(s.values, scale) for s in pending])).unsqueeze(1)
         lr = degrade(hr.double(), scale).float()
-        rows = [{"source": s.source, "hr_shape": list(hr.shape[-2:])} for s in pending]
+        rows: list[dict[str, Any]] = [{"source": s.source, "hr_shape": list(hr.shape[-2:])} for s in pending]
         for name, up in upscalers.items():
             sr = torch.from_numpy(up(lr[:, 0].numpy(), mapping)).unsqueeze(1)
             variants = {name: sr}
@@ -94,7 +95,7 @@ def evaluate_slices(
     return results
 
 
-def summarize(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean, median and standard deviation of every metric of every method."""
     methods = [k for k in results[0] if isinstance(results[0][k], dict)] if results else []
     out: dict[str, dict[str, dict[str, float]]] = {}

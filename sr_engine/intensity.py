@@ -152,7 +152,8 @@ def mapping_for(
 ) -> IntensityMapping:
     """The mapping for a series: the config if given, else fixed HU for CT, else per-series percentiles."""
     if config is None:
-        config = IntensityConfig() if (modality or "").upper() in _FIXED_MODALITIES else IntensityConfig(mode="percentile")
+        fixed = (modality or "").upper() in _FIXED_MODALITIES
+        config = IntensityConfig() if fixed else IntensityConfig(mode="percentile")
     if config.mode == "fixed":
         return IntensityMapping(config.low, config.high)
     if values is None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,14 +74,14 @@ def _finite(x: float | None) -> float | None:
 
 def evaluate_native(
     series: list[NativeSeries],
-    upscalers: dict[str, Upscale],
+    upscalers: Mapping[str, Upscale],
     scale: int,
     batch: int = 4,
     progress: Callable[[int], None] | None = None,
     on_series: Callable[[str], None] | None = None,
-) -> tuple[list[dict], dict[str, _Showcase]]:
+) -> tuple[list[dict[str, Any]], dict[str, _Showcase]]:
     """Per-slice rows (ratios and MTF50 of every model) and the crop slice of every series."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     showcases: dict[str, _Showcase] = {}
     for s in series:
         if on_series:
@@ -99,9 +100,10 @@ def evaluate_native(
             for i, native in enumerate(natives):
                 lz = lanczos_upscale(native, scale, clip=CT_RANGE)
                 sites = nm.find_edge_sites(native)
-                row: dict = {"series": s.label, "source": s.sources[k + i], "native_shape": list(native.shape),
-                             "lanczos_mtf50": _finite(nm.edge_mtf50(lz, scale, sites)), "edge_sites": len(sites),
-                             "models": {}}
+                row: dict[str, Any] = {
+                    "series": s.label, "source": s.sources[k + i], "native_shape": list(native.shape),
+                    "lanczos_mtf50": _finite(nm.edge_mtf50(lz, scale, sites)), "edge_sites": len(sites),
+                    "models": {}}
                 for name in upscalers:
                     sr = outputs[name][i]
                     r = nm.native_ratios(native, sr, lz, scale)
@@ -124,14 +126,14 @@ def _stats(values: list[float | None]) -> dict[str, float | int | None]:
             "mean": statistics.fmean(vals) if vals else None, "n": len(vals)}
 
 
-def summarize_native(rows: list[dict]) -> dict[str, dict[str, dict]]:
+def summarize_native(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """{series label or "all": {model: {noise_ratio, edge_ratio, mtf50, lanczos_mtf50: stats}}}."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["series"], []).append(r)
     if len(groups) > 1:
         groups["all"] = rows
-    out: dict[str, dict[str, dict]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for label, members in groups.items():
         out[label] = {}
         for model in members[0]["models"]:
@@ -143,13 +145,13 @@ def summarize_native(rows: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def _fmt(s: dict, digits: int = 3) -> str:
+def _fmt(s: dict[str, Any], digits: int = 3) -> str:
     if s["median"] is None:
         return "–"
     return f"{s['median']:.{digits}f} ({s['mean']:.{digits}f})"
 
 
-def meets_targets(stats: dict) -> bool | None:
+def meets_targets(stats: dict[str, Any]) -> bool | None:
     """Both issue-20 targets on the medians (None when a ratio could not be measured)."""
     noise, edge = stats["noise_ratio"]["median"], stats["edge_ratio"]["median"]
     if noise is None or edge is None:
@@ -157,7 +159,7 @@ def meets_targets(stats: dict) -> bool | None:
     return noise <= NOISE_TARGET and edge >= EDGE_TARGET
 
 
-def format_native_table(summary: dict[str, dict[str, dict]]) -> str:
+def format_native_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown: one row per series and model, medians (means) and whether both targets hold."""
     lines = [
         (f"| series | model | slices | noise ratio (≤ {NOISE_TARGET:.2f}) | edge ratio (≥ {EDGE_TARGET:.2f}) "
@@ -175,7 +177,7 @@ def format_native_table(summary: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def plot_native(rows: list[dict], summary: dict[str, dict[str, dict]], path: Path) -> None:
+def plot_native(rows: list[dict[str, Any]], summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     """Noise ratio and edge ratio beside each other, every model, series medians, targets drawn."""
     import matplotlib
 
@@ -238,8 +240,8 @@ def save_crops(label: str, show: _Showcase, scale: int, path: Path) -> bool:
     sites = nm.find_edge_sites(native)
     flat_c = _densest(nm.flat_tissue_mask(native), size)
     edge_c = (sites[0].y, sites[0].x) if sites else _densest(nm.strong_edge_mask(native), size)
-    panels = [("flat tissue", flat_c, FLAT_DISPLAY), ("edge", edge_c, EDGE_DISPLAY)]
-    panels = [p for p in panels if p[1] is not None]
+    panels = [(what, centre, display) for what, centre, display in
+              (("flat tissue", flat_c, FLAT_DISPLAY), ("edge", edge_c, EDGE_DISPLAY)) if centre is not None]
     if not panels:
         return False
     columns = {"native": np.kron(native, np.ones((scale, scale), dtype=np.float32)), **show.images}
@@ -264,7 +266,7 @@ def save_crops(label: str, show: _Showcase, scale: int, path: Path) -> bool:
 
 
 def write_native_report(
-    out_dir: Path, rows: list[dict], showcases: dict[str, _Showcase], scale: int, meta: dict
+    out_dir: Path, rows: list[dict[str, Any]], showcases: dict[str, _Showcase], scale: int, meta: dict[str, Any]
 ) -> dict[str, Path]:
     """native.md, native.json, native.png and crops/<series>.png under out_dir; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)

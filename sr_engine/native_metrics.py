@@ -101,8 +101,10 @@ def _span(mask: np.ndarray, axis: int) -> np.ndarray:
     last = n - 1 - np.argmax(np.flip(mask, axis=axis), axis=axis)
     idx = np.arange(n)
     if axis == 1:
-        return (idx[None, :] >= first[:, None]) & (idx[None, :] <= last[:, None]) & mask.any(axis=1)[:, None]
-    return (idx[:, None] >= first[None, :]) & (idx[:, None] <= last[None, :]) & mask.any(axis=0)[None, :]
+        rows = np.asarray(mask.any(axis=1))
+        return (idx[None, :] >= first[:, None]) & (idx[None, :] <= last[:, None]) & rows[:, None]
+    cols = np.asarray(mask.any(axis=0))
+    return (idx[:, None] >= first[None, :]) & (idx[:, None] <= last[None, :]) & cols[None, :]
 
 
 def body_mask(native_hu: np.ndarray, margin: int = _BODY_MARGIN) -> np.ndarray:
@@ -274,7 +276,7 @@ def find_edge_sites(
     """
     img = np.asarray(native_hu, dtype=np.float64)
     h, w = img.shape
-    gy, gx = np.gradient(img)
+    gy, gx = (np.asarray(g) for g in np.gradient(img))
     grad = np.hypot(gy, gx)
     inner = np.zeros_like(grad, dtype=bool)
     inner[half: h - half, half: w - half] = True

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sr_engine.arch_names import INTERPOLATOR_ARCHS, KNOWN_ARCHS, NETWORK_ARCHS
 from sr_engine.model_entry import IntensityConfig, ModelEntry
@@ -172,7 +172,7 @@ def load(
     tile: int | None = 256,
     overlap: int = 16,
     batch: int = 4,
-    **upscaler_options: object,
+    **upscaler_options: Any,
 ) -> LoadedModel:
     """Build the model of `spec` on `device`: verify the checkpoint's sha256, load strictly."""
     from sr_engine.archs import ARCHS, CheckpointError, load_checkpoint_verified

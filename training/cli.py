@@ -66,7 +66,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     card = export_run(Path(args.run), Path(args.dest), name=args.name,
                       weights=args.weights, fp16=args.fp16, register=args.config,
                       test_data=_paths(args.test_data), attribution=attribution,
-                      test_max_slices=args.test_max_slices, test_crop=args.test_crop or None)
+                      test_max_slices=args.test_max_slices, test_crop=args.test_crop or None,
+                      interpolate=(Path(args.interpolate[0]), float(args.interpolate[1])) if args.interpolate else None)
     print(json.dumps(card, indent=1, default=str))
     return 0
 
@@ -137,6 +138,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--test-max-slices", type=int, default=0, help="0: every test slice")
     e.add_argument("--test-crop", type=int, default=0, help="centre crop of test slices (0: whole)")
     e.add_argument("--attribution", help="text file with the data attribution for the model card")
+    e.add_argument("--interpolate", nargs=2, metavar=("OTHER_RUN", "ALPHA"),
+                   help="network interpolation (ESRGAN): export (1-ALPHA) x this run's weights + ALPHA x "
+                        "OTHER_RUN's (same architecture, e.g. two points of a noise/sharpness trade-off)")
     e.set_defaults(func=_guard(_cmd_export))
 
     c = subparsers.add_parser("compare", help="zero-shot vs fine-tuned table, bar plot and crop grid")

@@ -114,6 +114,26 @@ def _validation_note(data: dict[str, Any]) -> str:
     return f"Validation is independent of training: no shared series or patients (validation source: {v['source']})."
 
 
+def describe_degradations(card: dict[str, Any]) -> str:
+    """What the run put on its LR patches, from the settings run.json recorded (older runs: the preset)."""
+    d = card.get("degradations")
+    if not d:
+        return "blind (blur/noise/JPEG-like)" if card["preset"].get("blind") else "bicubic x4 only"
+    parts = []
+    if d.get("native_noise_prob"):
+        lo, hi = d["native_noise_scale"]
+        parts.append(f"each series' own measured CT noise on {d['native_noise_prob']:.0%} of LR patches at "
+                     f"{lo:g}-{hi:g}x its level")
+    if d.get("blur_prob"):
+        lo, hi = d["blur_sigma"]
+        parts.append(f"HR Gaussian blur sigma {lo:g}-{hi:g} px on {d['blur_prob']:.0%}")
+    for key, what in (("gaussian_noise_prob", "Gaussian noise"), ("poisson_noise_prob", "Poisson noise"),
+                      ("jpeg_prob", "JPEG-like quantisation")):
+        if d.get(key):
+            parts.append(f"{what} on {d[key]:.0%}")
+    return "bicubic x4, plus " + "; ".join(parts) if parts else "bicubic x4 only"
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     m = card["metrics"]
     lines = [
@@ -127,7 +147,12 @@ def _card_markdown(card: dict[str, Any]) -> str:
         (f"- trained steps: {card['steps']} (batch {card['preset']['batch_size']}, HR patch "
          f"{card['preset']['hr_patch']}, Adam peak LR {card['preset']['lr']}, MultiStepLR gamma "
          f"{card['preset']['gamma']} at {card['milestones']}, EMA {card['preset']['ema_decay']}, "
-         f"L1 loss, degradations: {'blind (blur/noise/JPEG-like)' if card['preset']['blind'] else 'bicubic x4 only'})"),
+         f"L1 loss, degradations: {describe_degradations(card)})"),
+        *([f"- network interpolation: {1 - card['interpolation']['alpha']:g} x this run's weights "
+           f"(sha256 `{card['interpolation']['this_sha256']}`) + {card['interpolation']['alpha']:g} x "
+           f"`{Path(card['interpolation']['with']).name}` of another run (sha256 "
+           f"`{card['interpolation']['with_sha256']}`); the validation scores below are this run's, the "
+           "test scores the blend's"] if card.get("interpolation") else []),
         (f"- intensity mapping: {card['intensity']['mode']} [{card['intensity']['low']}, "
          f"{card['intensity']['high']}] {card['modality_units']} → [0, 1] (sr_engine.intensity)"),
         f"- exported: {card['exported']}",
@@ -187,8 +212,13 @@ def _test_metrics(descriptor_model: torch.nn.Module, test_data: Sequence[Path], 
 def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp16: bool = False,
                register: str | Path | None = None, test_data: Sequence[Path] = (),
                attribution: str = "", test_max_slices: int = 0,
-               test_crop: int | None = None) -> dict[str, Any]:
-    """Export `run`'s EMA weights to `dest` with a model card; optionally register in a YAML."""
+               test_crop: int | None = None,
+               interpolate: tuple[Path, float] | None = None) -> dict[str, Any]:
+    """Export `run`'s EMA weights to `dest` with a model card; optionally register in a YAML.
+
+    `interpolate` (other run, alpha): ship the blend (1 - alpha) x this run + alpha x the other's
+    `weights` (see interpolate_weights); the card records both sources.
+    """
     run, dest = Path(run), Path(dest)
     meta = json.loads((run / "run.json").read_text())
     check_model_name(name, meta["preset"]["arch"])  # before anything is exported under that name
@@ -196,6 +226,13 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
     if not src.exists():
         raise FileNotFoundError(f"{src} not found: is the run finished?")
     state = load_training_state_weights(src)
+    blend: dict[str, Any] | None = None
+    if interpolate is not None:
+        other_run, alpha = Path(interpolate[0]), float(interpolate[1])
+        other = other_run / f"{weights}.pt" if other_run.is_dir() else other_run
+        state = interpolate_weights(state, load_training_state_weights(other), alpha)
+        blend = {"with": str(other), "with_sha256": file_sha256(other), "alpha": alpha,
+                 "this_run": str(src), "this_sha256": file_sha256(src)}
     out = save_weights(state, dest / f"{name}.pth", fp16=fp16)
     sha = file_sha256(out)
     preset = meta["preset"]
@@ -234,6 +271,8 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
         "intensity": {"mode": "fixed", "low": meta["intensity"]["low"], "high": meta["intensity"]["high"]},
         "modality_units": "HU" if meta["data"]["modality"] == "CT" else "modality units",
         "data": meta["data"], "metrics": metrics, "amp": meta.get("amp"),
+        "degradations": meta.get("degradations"), "native_noise": meta.get("native_noise"),
+        "interpolation": blend,
         # Explicit, because validation scores on training series measure fit, not generalisation.
         "validation_overlaps_training": meta["data"].get("validation", {}).get("overlaps_training"),
         "exported": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -248,6 +287,22 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
     if register:
         add_model_entry(Path(register), name, entry)
     return card
+
+
+def interpolate_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * a + alpha * b per tensor: ESRGAN's network interpolation.
+
+    Why: two fine-tunes of one model that sit on either side of a trade-off (here: noise kept vs
+    edges sharpened) blend smoothly in weight space, so a point between them needs no new training.
+    Both must be the same architecture (same keys and shapes); integer buffers are taken from `a`.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"interpolation alpha must be in [0, 1], not {alpha}")
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise ValueError("cannot interpolate: the two checkpoints are not the same architecture "
+                         "(different parameter names or shapes)")
+    return {k: ((1 - alpha) * a[k].float() + alpha * b[k].float()).to(a[k].dtype) if a[k].is_floating_point()
+            else a[k].clone() for k in a}
 
 
 def load_training_state_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -114,7 +114,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `srnode worker`."""
     p = subparsers.add_parser("worker", help="run an SR worker (Celery) for the configured broker")
     p.add_argument("--config", required=True, help="YAML configuration file")

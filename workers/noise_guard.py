@@ -61,7 +61,7 @@ class NoiseGuard:
         # Per source SOP Instance UID: [noise, edge, flat pixels]; kept from earlier attempts.
         self.slices: dict[str, list[Any]] = dict(doc.get("slices", {}))
         self.released = bool(doc.get("released_by"))
-        self.extra = {k: doc[k] for k in ("released_by", "released_at") if k in doc}
+        self.extra: dict[str, Any] = {k: doc[k] for k in ("released_by", "released_at") if k in doc}
         self.seconds = 0.0
 
     @classmethod

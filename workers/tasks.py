@@ -13,8 +13,15 @@ from dicom_node.broker import TASK_PROCESS_JOB
 from sr_engine.archs import CheckpointError
 from sr_engine.registry import UnknownModelError
 from workers.health import HAND_BACK_DELAY_S, WorkerHealth
-from workers.process import (TRANSIENT_ERRORS, PermanentJobError, error_reason, fail_job, retry_delay_s, retry_or_fail,
-                             run_job)
+from workers.process import (
+    TRANSIENT_ERRORS,
+    PermanentJobError,
+    error_reason,
+    fail_job,
+    retry_delay_s,
+    retry_or_fail,
+    run_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,4 +86,4 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             delay = retry_delay_s(attempts)  # the same due time retry_or_fail recorded on the row
             log.warning("job #%d: %s error (%s); retry %d in %d s", job, "unexpected" if unforeseen else "transient",
                         error_reason(exc), attempts, delay, exc_info=unforeseen)
-            raise self.retry(countdown=delay, exc=exc)
+            raise self.retry(countdown=delay, exc=exc) from exc

@@ -336,8 +336,8 @@ def markdown(stow: list[StowResult], wado: list[StowResult], qido: list[QidoTimi
         for t in qido:
             by_query.setdefault(t.query, {})[t.server] = t
         for query, per in by_query.items():
-            s, o = per["srnode"], per["Orthanc"]
-            lines.append(f"| {query} | {s.results} / {o.results} | {s.median:.1f} / {s.p95:.1f} | "
+            q, o = per["srnode"], per["Orthanc"]
+            lines.append(f"| {query} | {q.results} / {o.results} | {q.median:.1f} / {q.p95:.1f} | "
                          f"{o.median:.1f} / {o.p95:.1f} |")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -24,13 +24,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pydicom import dcmread
 from pydicom.config import IGNORE
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 PHI_NAME = "FUZZ^PHIMARKER"
 PHI_ID = "PHIID12345"
@@ -90,8 +91,8 @@ def encode(ds: Dataset, sop_uid: str, meta_class: str | None = None) -> bytes:
     """`ds` as a Part 10 file (explicit VR little endian) with request UIDs in its meta."""
     ds = copy.copy(ds)
     ds.file_meta = copy.deepcopy(ds.file_meta)
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.MediaStorageSOPClassUID = meta_class or CT_IMAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.file_meta.MediaStorageSOPClassUID = UID(meta_class or CT_IMAGE)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=False, implicit_vr=False, little_endian=True)
     return buf.getvalue()
@@ -103,7 +104,7 @@ def _elements(data: bytes) -> list[_Element]:
     out = []
     for tag in ds.keys():
         raw = ds.get_item(tag)  # raw, or already decoded (Specific Character Set): both know their offset
-        tell = raw.value_tell if hasattr(raw, "value_tell") else raw.file_tell
+        tell = cast(int, raw.value_tell if hasattr(raw, "value_tell") else raw.file_tell)  # read from a file
         vr = str(raw.VR).encode()
         length = int.from_bytes(data[tell - 4:tell] if vr in _LONG_VRS else data[tell - 2:tell], "little")
         out.append(_Element(int(tag), tell - (12 if vr in _LONG_VRS else 8), vr, tell, length))

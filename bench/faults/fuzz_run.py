@@ -69,8 +69,8 @@ class FuzzNode:
 
     def start(self, timeout_s: float = 120) -> None:
         with open(self.dir / "stdout.log", "ab") as out, open(self.dir / "stderr.log", "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(self.config)],
-                                         cwd=self.dir, stdout=out, stderr=err, start_new_session=True)
+            command = [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(self.config)]
+            self.proc = subprocess.Popen(command, cwd=self.dir, stdout=out, stderr=err, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -110,7 +110,8 @@ class FuzzNode:
         return sorted(files)
 
     def output(self) -> str:
-        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in self.output_files() if p.suffix == ".log")
+        return "".join(p.read_text(encoding="utf-8", errors="replace")
+                       for p in self.output_files() if p.suffix == ".log")
 
 
 def send_variants(port: int, corpus: list[tuple[Variant, Path]], associations: int) -> dict[int, int | None]:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from pydicom import dcmread
@@ -45,8 +46,8 @@ from dicom_node.index.db import make_engine, session_factory, session_scope  # n
 from dicom_node.index.migrate import upgrade  # noqa: E402
 from dicom_node.index.models import Outbox, OutboxState  # noqa: E402
 from dicom_node.ingest import store_datasets  # noqa: E402
-from dicom_node.outbox.queue import enqueue, utcnow  # noqa: E402
 from dicom_node.outbox import sender as sender_module  # noqa: E402
+from dicom_node.outbox.queue import enqueue, utcnow  # noqa: E402
 from dicom_node.outbox.sender import OutboxSender  # noqa: E402
 
 SHARED = Path(os.environ.get("SRNODE_SHARED_DIR", REPO.parent / "shared")).resolve()
@@ -103,7 +104,8 @@ def reset_outbox(factory: sessionmaker[Session]) -> None:
 
 def pending(factory: sessionmaker[Session]) -> int:
     with factory() as s:
-        return int(s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state != OutboxState.delivered)))
+        n = s.scalar(select(func.count()).select_from(Outbox).where(Outbox.state != OutboxState.delivered))
+        return int(cast(int, n))  # COUNT(*) always returns a row
 
 
 @contextmanager
@@ -126,7 +128,7 @@ def storescp(port: int, fork: bool) -> Iterator[None]:
 def time_node(factory: sessionmaker[Session], storage: Path, port: int, associations: int, count: int) -> float:
     """Seconds from the sender's start until every outbox row is delivered."""
     reset_outbox(factory)
-    cfg = {"peers": {DEST: {"ae_title": DEST, "host": "127.0.0.1", "port": port}}}
+    cfg: dict[str, Any] = {"peers": {DEST: {"ae_title": DEST, "host": "127.0.0.1", "port": port}}}
     if "associations_per_destination" in SendConfig.model_fields:  # absent in code before the setting
         cfg["send"] = {"associations_per_destination": associations}
     elif associations > 1:

@@ -17,8 +17,9 @@ import json
 import statistics
 import sys
 import time
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from sr_engine.intensity import modality_values  # noqa: E402
 
 
 def utc(d):  # type: ignore[no-untyped-def]
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def one_run(shared: Path, n: int, out: Path, stable_after_s: float,
@@ -61,7 +62,7 @@ def one_run(shared: Path, n: int, out: Path, stable_after_s: float,
     try:
         time.sleep(20)  # let the embedded worker finish importing torch: measure a warm worker
         t0 = time.perf_counter()
-        send(files, int(node.port))
+        send(files, int(cast(int, node.port)))  # set by start()
         while len(dest.received) < n and time.perf_counter() - t0 < 1200:
             time.sleep(0.2)
         with node.session_factory() as s:

@@ -4,7 +4,8 @@ Usage (from the repository root):
 
     .venv/bin/python -m bench.qr.bench_qr --out bench/qr/results
 
-`--only move` (or `find`) runs one half and writes results-move.* instead. Writes results.json, qr_bench.png and a Markdown table (printed, and results.md) next to it.
+`--only move` (or `find`) runs one half and writes results-move.* instead. Writes results.json,
+qr_bench.png and a Markdown table (printed, and results.md) next to it.
 References run in the same process run: Orthanc for C-FIND, DCMTK dcmqrscp for C-MOVE, both with
 TCP_NODELAY=1 in their environment.
 """

@@ -34,7 +34,8 @@ def wait_port(port: int, timeout: float = 30) -> None:
 def start_node(workdir: Path, peers: dict[str, tuple[str, int]], max_results: int = 0) -> NodeServer:
     """A started srnode (SQLite index in `workdir`) with the given peers {key: (AE title, port)}."""
     cfg = parse_config({
-        "node": {"ae_title": "SRNODE", "host": "127.0.0.1", "port": free_port(), "storage_dir": str(workdir / "storage"),
+        "node": {"ae_title": "SRNODE", "host": "127.0.0.1", "port": free_port(),
+                 "storage_dir": str(workdir / "storage"),
                  "database_url": f"sqlite:///{workdir / 'index.db'}", "min_free_disk_mb": 0},
         "peers": {k: {"ae_title": ae, "host": "127.0.0.1", "port": port} for k, (ae, port) in peers.items()},
         "series": {"stable_after_s": 86400},

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmwrite
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
+    StudyRootQueryRetrieveInformationModelFind as FIND,
+)
 from sqlalchemy import insert
 from tqdm import tqdm
 
@@ -87,9 +90,9 @@ def dataset(row: Row) -> Dataset:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.PixelData = b"\x00" * 8
-    ds.file_meta = Dataset()
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, row.sop_uid
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, UID(row.sop_uid)
     return ds
 
 
@@ -220,7 +223,7 @@ def run_find_bench(workdir: Path, patients: int, per_series: int, repeats: int) 
     """Fill both servers, then time every query `repeats` times on each (alternating)."""
     from tests.conftest import free_port
 
-    orthanc = Orthanc(workdir / "orthanc", free_port(), free_port(), {"bench": ["BENCHSCU", "127.0.0.1", 1]})
+    orthanc = Orthanc(workdir / "orthanc", {"bench": ["BENCHSCU", "127.0.0.1", 1]}, free_port(), free_port())
     node = start_node(workdir / "srnode", peers={"bench": ("BENCHSCU", 1)})
     try:
         fill_srnode_index(node, patients, per_series)
@@ -228,7 +231,8 @@ def run_find_bench(workdir: Path, patients: int, per_series: int, repeats: int) 
         ae = AE("BENCHSCU")
         ae.add_requested_context(FIND)
         # The requester turns Nagle off too, or each request waits ~40 ms for a delayed ACK.
-        nodelay = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+        nodelay: list[evt.EventHandlerType] = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+        assert node.port is not None  # set by start_node
         servers = {
             "srnode": ae.associate("127.0.0.1", node.port, ae_title="SRNODE", evt_handlers=nodelay),
             "Orthanc": ae.associate("127.0.0.1", orthanc.dicom_port, ae_title="ORTHANC", evt_handlers=nodelay),
@@ -237,7 +241,7 @@ def run_find_bench(workdir: Path, patients: int, per_series: int, repeats: int) 
         try:
             for name, identifier in queries(patients).items():
                 per = {s: Timing(s, name) for s in servers}
-                for s, assoc in servers.items():  # warm-up (caches, first-query plans)
+                for assoc in servers.values():  # warm-up (caches, first-query plans)
                     _time_query(assoc, identifier)
                 for _ in tqdm(range(repeats), desc=name[:40], unit="q"):
                     for s, assoc in servers.items():

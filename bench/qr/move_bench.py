@@ -101,6 +101,7 @@ def run_move_bench(workdir: Path, ct_dirs: list[Path], count: int, repeats: int)
         for path in tqdm(files, desc="ingest into srnode", unit="inst"):
             store_encoded(node.session_factory, node.storage_dir, path.read_bytes(), "BENCH")
         results = {"srnode": MoveResult("srnode", [], count), "dcmqrscp": MoveResult("dcmqrscp", [], count)}
+        assert node.port is not None  # set by start()
         _movescu(node.port, "SRNODE", study, series)  # warm-up: page cache and Python imports
         _movescu(qr_port, "DCMQR", study, series)
         for _ in tqdm(range(repeats), desc="C-MOVE runs", unit="pair"):

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydicom import dcmread
@@ -72,13 +73,14 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
 
 def echo_ok(port: int) -> bool:
     # Called AE SRNODE for both receivers: srnode checks it (node.require_called_ae), Orthanc does not.
-    return subprocess.run(["echoscu", "-aet", "BENCH", "-aec", "SRNODE", "127.0.0.1", str(port)], capture_output=True, env=ENV).returncode == 0
+    command = ["echoscu", "-aet", "BENCH", "-aec", "SRNODE", "127.0.0.1", str(port)]
+    return subprocess.run(command, capture_output=True, env=ENV).returncode == 0
 
 
 @dataclass
 class Receiver:
     name: str
-    start: Callable[[Path, int], subprocess.Popen]  # type: ignore[type-arg]
+    start: Callable[[Path, int], subprocess.Popen[bytes]]
     count: Callable[[Path, int], int]
 
 
@@ -120,8 +122,9 @@ def _srnode_config(work: Path, port: int, processes: int = 1) -> Path:
     return path
 
 
-def _srnode(processes: int, tree: Path = REPO, postgres: bool = False) -> Callable[[Path, int], subprocess.Popen]:  # type: ignore[type-arg]
-    def start(work: Path, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+def _srnode(processes: int, tree: Path = REPO,
+            postgres: bool = False) -> Callable[[Path, int], subprocess.Popen[bytes]]:
+    def start(work: Path, port: int) -> subprocess.Popen[bytes]:
         if postgres:
             name = f"srnode_bench_store_{os.getpid()}_{port}"
             _pg_admin(f'CREATE DATABASE "{name}"')
@@ -149,8 +152,8 @@ def count_srnode(work: Path, port: int) -> int:
         engine.dispose()
 
 
-def _storescp(fork: bool) -> Callable[[Path, int], subprocess.Popen]:  # type: ignore[type-arg]
-    def start(work: Path, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+def _storescp(fork: bool) -> Callable[[Path, int], subprocess.Popen[bytes]]:
+    def start(work: Path, port: int) -> subprocess.Popen[bytes]:
         (work / "out").mkdir()
         cmd = ["storescp", "-od", str(work / "out"), "-aet", "STORESCP", "--max-pdu", "131072"]
         proc = subprocess.Popen([*cmd, *(["--fork"] if fork else []), str(port)], env=ENV,
@@ -164,7 +167,7 @@ def count_files(work: Path, port: int) -> int:
     return sum(1 for p in (work / "out").iterdir() if p.is_file())
 
 
-def start_orthanc(work: Path, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
     http = free_port()
     (work / "http_port").write_text(str(http))
     cfg = {"Name": "bench", "StorageDirectory": str(work / "db"), "IndexDirectory": str(work / "db"),
@@ -205,7 +208,7 @@ Path(sys.argv[2]).write_text(str(n[0]))
 """
 
 
-def start_noop(work: Path, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+def start_noop(work: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-c", _NOOP_SCP, str(port), str(work / "count")], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: echo_ok(port), "pynetdicom no-op SCP")
@@ -237,7 +240,7 @@ def send(port: int, files: list[Path], parallel: int) -> float:
     return elapsed
 
 
-def stop(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(30)
@@ -276,12 +279,13 @@ def main() -> int:
         receivers.insert(1, Receiver(f"srnode@{args.baseline[:10]}", _srnode(1, base), count_srnode))
     if args.postgres:
         receivers[2:2] = [Receiver("srnode pg", _srnode(1, postgres=True), count_srnode),
-                          Receiver(f"srnode pg {args.parallel} procs", _srnode(args.parallel, postgres=True), count_srnode)]
+                          Receiver(f"srnode pg {args.parallel} procs", _srnode(args.parallel, postgres=True),
+                                   count_srnode)]
     if args.only:
         receivers = [r for r in receivers if r.name in args.only]
     cases = [(r, p) for r in receivers for p in (1, args.parallel)
              if not (r.name == "storescp" and p > 1) and not (r.name.endswith(("--fork", "procs")) and p == 1)]
-    results: dict[str, dict[str, object]] = {}
+    results: dict[str, dict[str, Any]] = {}
     loads: list[float] = []
     try:
         files = make_instances(tmp / "input", args.instances)
@@ -305,9 +309,10 @@ def main() -> int:
                 if held < 0:  # counted by the receiver itself on exit
                     held = int((work / "count").read_text())
                 key = f"{receiver.name} x{parallel}"
-                entry = results.setdefault(key, {"receiver": receiver.name, "associations": parallel, "rates": [], "lost": 0})
-                entry["rates"].append(len(files) / elapsed)  # type: ignore[union-attr]
-                entry["lost"] = int(entry["lost"]) + (len(files) - held)  # type: ignore[call-overload]
+                entry = results.setdefault(key, {"receiver": receiver.name, "associations": parallel,
+                                                 "rates": [], "lost": 0})
+                entry["rates"].append(len(files) / elapsed)
+                entry["lost"] = int(entry["lost"]) + (len(files) - held)
                 shutil.rmtree(work, ignore_errors=True)
                 loads.append(os.getloadavg()[0])
                 bar.update()
@@ -315,31 +320,32 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n1-min load average after each run: median {statistics.median(loads):.1f}, range {min(loads):.1f}-{max(loads):.1f}")
+    print(f"\n1-min load average after each run: median {statistics.median(loads):.1f}, "
+          f"range {min(loads):.1f}-{max(loads):.1f}")
     print(f"\n{'receiver':<20}{'assocs':>7}{'median inst/s':>15}{'min':>8}{'max':>8}{'lost':>6}")
-    for key, e in results.items():
+    for e in results.values():
         rates = e["rates"]
-        e["median"] = statistics.median(rates)  # type: ignore[arg-type]
-        print(f"{e['receiver']:<20}{e['associations']:>7}{e['median']:>15.0f}{min(rates):>8.0f}{max(rates):>8.0f}{e['lost']:>6}")  # type: ignore[type-var]
+        e["median"] = statistics.median(rates)
+        print(f"{e['receiver']:<20}{e['associations']:>7}{e['median']:>15.0f}{min(rates):>8.0f}{max(rates):>8.0f}{e['lost']:>6}")
     args.out.mkdir(parents=True, exist_ok=True)
-    results["_load_average"] = {"after_each_run": loads}  # type: ignore[assignment]
+    results["_load_average"] = {"after_each_run": loads}
     (args.out / "store_throughput.json").write_text(json.dumps(results, indent=2))
     results.pop("_load_average")
     _plot(results, args.out / "store_throughput.png")
-    lost = sum(int(e["lost"]) for e in results.values())  # type: ignore[call-overload]
+    lost = sum(int(e["lost"]) for e in results.values())
     if lost:
         print(f"LOST {lost} instances", file=sys.stderr)
     return 1 if lost else 0
 
 
-def _plot(results: dict[str, dict[str, object]], path: Path) -> None:
+def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = list(results)
-    medians = [float(results[k]["median"]) for k in keys]  # type: ignore[arg-type]
+    medians = [float(results[k]["median"]) for k in keys]
     colors = ["tab:green" if str(results[k]["receiver"]).startswith("srnode") else "tab:gray" for k in keys]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.barh(keys, medians, color=colors)

@@ -13,10 +13,23 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.loader import ConfigError
-from dicom_node.admin.context import AdminContext, EnqueueJob
-from dicom_node.admin.routers import (audit, config_overrides, jobs, models, ops, peers, reader_study, routing,
-                                      series, stats, storage, viewer, workers)
 from dicom_node.admin.auth import require_read, require_store
+from dicom_node.admin.context import AdminContext, EnqueueJob
+from dicom_node.admin.routers import (
+    audit,
+    config_overrides,
+    jobs,
+    models,
+    ops,
+    peers,
+    reader_study,
+    routing,
+    series,
+    stats,
+    storage,
+    viewer,
+    workers,
+)
 from dicom_node.dicomweb.app import mount_dicomweb
 from dicom_node.dicomweb.context import TokenChecks
 from dicom_node.index.live_config import LiveConfig

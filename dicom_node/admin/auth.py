@@ -1,8 +1,9 @@
 """Bearer-token authentication against `admin.tokens` (token → role, or token → {role, name}).
 
 Roles: `admin` may read and change; `read` may only read; `reader` reads cases of reader studies
-only; `store` may only store instances by STOW-RS (DICOMweb; `admin` may too). Tokens never appear in logs or the audit trail: the actor is the token's `name` with its role,
-or, for a token without a name, the role plus a short fingerprint of the token.
+only; `store` may only store instances by STOW-RS (DICOMweb; `admin` may too). Tokens never
+appear in logs or the audit trail: the actor is the token's `name` with its role, or, for a token
+without a name, the role plus a short fingerprint of the token.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pydicom.uid import UID
 
@@ -43,7 +44,7 @@ def negotiated_scp_contexts() -> list[Negotiated]:
             ae = build_ae(cfg, contexts)
         finally:
             engine.dispose()
-    return [Negotiated(cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role)
+    return [Negotiated(cast(str, cx.abstract_syntax), tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role)
             for cx in ae.supported_contexts]
 
 
@@ -59,7 +60,8 @@ def render_blocks(contexts: list[Negotiated]) -> dict[str, str]:
     """Markdown tables keyed by the marker name they replace in docs/conformance.md."""
     services = [n for n in contexts if not _is_storage(n)]
     storage = [n for n in contexts if _is_storage(n)]
-    storage_ts = sorted({ts for n in storage for ts in n.transfer_syntaxes}, key=lambda u: [int(p) for p in u.split(".")])
+    storage_ts = sorted({ts for n in storage for ts in n.transfer_syntaxes},
+                        key=lambda u: [int(p) for p in u.split(".")])
     if any(set(n.transfer_syntaxes) != set(storage_ts) for n in storage):
         raise ValueError("storage SOP classes no longer share one transfer syntax list; split the table")
     rows = ["| SOP Class | SOP Class UID | Role | Transfer Syntaxes |", "|---|---|---|---|"]
@@ -81,7 +83,10 @@ def update_document(path: Path) -> None:
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"{path}: no block {name}")
-        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
+        def fill(m: re.Match[str], table: str = table) -> str:
+            return m.group(1) + table + "\n" + m.group(2)
+
+        text = pattern.sub(fill, text)
     path.write_text(text, encoding="utf-8")
 
 

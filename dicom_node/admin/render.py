@@ -20,7 +20,7 @@ def _first(value: object) -> float:
     # WindowCenter/Width may be multi-valued (several presets); the first is the default.
     from pydicom.multival import MultiValue
 
-    return float(value[0] if isinstance(value, MultiValue) else value)  # type: ignore[index,arg-type]
+    return float(value[0] if isinstance(value, MultiValue) else value)  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=6)

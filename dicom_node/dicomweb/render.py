@@ -75,8 +75,9 @@ def _first(value: object) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
-                     else value)  # type: ignore[index, arg-type]
+        first = (value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"  # type: ignore[index]
+                 else value)
+        return float(first)  # type: ignore[arg-type]
     except (TypeError, ValueError, IndexError):
         return None
 

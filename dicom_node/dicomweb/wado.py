@@ -196,7 +196,8 @@ def instance_metadata(item: Item, root: str) -> dict[str, Any]:
     out = dataset_json(ds, bulk_base=url)
     out["00083002"] = {"vr": "UI", "Value": [item.transfer_syntax_uid or ExplicitVRLittleEndian]}
     if "Rows" in ds:
-        small = int(ds.get("BitsAllocated") or 16) <= 8 or UID(item.transfer_syntax_uid or "1.2.840.10008.1.2.1").is_compressed
+        small = (int(ds.get("BitsAllocated") or 16) <= 8
+                 or UID(item.transfer_syntax_uid or "1.2.840.10008.1.2.1").is_compressed)
         out["7FE00010"] = {"vr": "OB" if small else "OW", "BulkDataURI": f"{url}/bulkdata/7FE00010"}
     return out
 

@@ -15,11 +15,12 @@ validate, call the owning module, map its outcome to a DIMSE status.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pynetdicom.events import EventHandlerType
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
@@ -42,9 +43,10 @@ class NodeContext:
     extras: dict[str, Any] = field(default_factory=dict)  # for handler modules' own state
 
 
-def collect(ctx: NodeContext, modules: Iterable[str] | None = None) -> tuple[list[tuple[Any, Callable[..., Any]]], list[Any]]:
+def collect(ctx: NodeContext,
+            modules: Iterable[str] | None = None) -> tuple[list[EventHandlerType], list[Any]]:
     """Import every handler module; return all (event, handler) pairs and all SCP contexts."""
-    handlers: list[tuple[Any, Callable[..., Any]]] = []
+    handlers: list[EventHandlerType] = []
     contexts: list[Any] = []
     for name in HANDLER_MODULES if modules is None else modules:
         module = importlib.import_module(name)

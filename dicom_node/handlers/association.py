@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
-from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.handlers import NodeContext
@@ -39,7 +38,9 @@ def _reject(event: evt.Event, result: int, source: int, diagnostic: int) -> None
 
 def _wrong_called_ae(event: evt.Event, ctx: NodeContext, calling: str) -> bool:
     """Reject (one log line) an association addressed to another AE title than the node's."""
-    called = str(event.assoc.requestor.primitive.called_ae_title).strip()
+    primitive = event.assoc.requestor.primitive
+    assert primitive is not None  # the A-ASSOCIATE-RQ being handled
+    called = str(primitive.called_ae_title).strip()
     node = ctx.cfg.node
     if not node.require_called_ae or called == node.ae_title:
         return False
@@ -54,7 +55,9 @@ def _wrong_called_ae(event: evt.Event, ctx: NodeContext, calling: str) -> bool:
 def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
     """Reject the association (one log line) if it is addressed to another AE title, the caller
     is unknown, the disk is too full or the quota is exceeded with nothing eligible to recycle."""
-    calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+    primitive = event.assoc.requestor.primitive
+    assert primitive is not None  # the A-ASSOCIATE-RQ being handled
+    calling = str(primitive.calling_ae_title).strip()
     node = ctx.cfg.node
     if _wrong_called_ae(event, ctx, calling):
         return
@@ -83,7 +86,7 @@ def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
     ASSOCIATIONS.labels(outcome="accepted").inc()
 
 
-def bind(ctx: NodeContext) -> list[tuple[Any, Callable[..., Any]]]:
+def bind(ctx: NodeContext) -> list[EventHandlerType]:
     """The A-ASSOCIATE-RQ check."""
     return [(evt.EVT_REQUESTED, handle_requested, [ctx])]
 

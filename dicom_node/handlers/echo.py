@@ -1,12 +1,10 @@
 """C-ECHO: answer Success to any accepted association."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 
 from dicom_node.handlers import NodeContext
 
@@ -16,7 +14,7 @@ def handle_echo(event: evt.Event) -> int:
     return 0x0000
 
 
-def bind(ctx: NodeContext) -> list[tuple[Any, Callable[..., Any]]]:
+def bind(ctx: NodeContext) -> list[EventHandlerType]:
     """The C-ECHO handler."""
     return [(evt.EVT_C_ECHO, handle_echo)]
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.handlers import NodeContext
@@ -28,7 +30,7 @@ PROCESSING_FAILURE = 0x0110
 def handle_store(event: evt.Event, ctx: NodeContext) -> int:
     """Store one instance; any failure becomes a failure status and one log line, never a crash."""
     calling = str(event.assoc.requestor.ae_title).strip()
-    sop_uid = str(event.request.AffectedSOPInstanceUID or "")[:64]
+    sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "")[:64]
     context_class = str(event.context.abstract_syntax)
 
     def load() -> bytes:
@@ -84,12 +86,12 @@ def store_received(ctx: NodeContext, load: Callable[[], bytes], sender_ae: str, 
     return 0x0000, result
 
 
-def bind(ctx: NodeContext) -> list[tuple[Any, Callable[..., Any]]]:
+def bind(ctx: NodeContext) -> list[EventHandlerType]:
     """The C-STORE handler."""
     return [(evt.EVT_C_STORE, handle_store, [ctx])]
 
 
 def scp_contexts() -> list[PresentationContext]:
     """Every storage SOP class, in every transfer syntax pydicom knows (stored as sent, not decoded)."""
-    syntaxes = list(AllTransferSyntaxes)
-    return [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+    syntaxes: list[str | UID] = list(AllTransferSyntaxes)
+    return [build_context(cast(str, cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts]

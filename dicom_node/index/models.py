@@ -6,7 +6,7 @@ docs/architecture.md), so a crash between two stages loses nothing.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -77,7 +77,7 @@ class Patient(Base):
     patient_name: Mapped[str] = mapped_column(String(324), default="")
     birth_date: Mapped[str] = mapped_column(String(8), default="")
     sex: Mapped[str] = mapped_column(String(16), default="")
-    studies: Mapped[list["Study"]] = relationship(back_populates="patient")
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
     __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_identity"),)
 
 
@@ -93,7 +93,7 @@ class Study(Base):
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")
     patient: Mapped[Patient] = relationship(back_populates="studies")
-    series: Mapped[list["Series"]] = relationship(back_populates="study")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
 
 
 class Series(Base):
@@ -125,7 +125,7 @@ class Series(Base):
     # Recycled, row kept only as the parent of its job history (retention.keep_job_history).
     recycled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     study: Mapped[Study] = relationship(back_populates="series")
-    instances: Mapped[list["Instance"]] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
 
 class Instance(Base):
@@ -296,7 +296,7 @@ class Worker(Base):
 
     def alive(self, now: datetime, within_s: float = WORKER_ALIVE_S) -> bool:
         """Seen within `within_s` (SQLite gives back naive datetimes, stored as UTC)."""
-        seen = self.last_seen_at if self.last_seen_at.tzinfo else self.last_seen_at.replace(tzinfo=timezone.utc)
+        seen = self.last_seen_at if self.last_seen_at.tzinfo else self.last_seen_at.replace(tzinfo=UTC)
         return (now - seen).total_seconds() <= within_s
 
     def takes(self, model: str, now: datetime) -> bool:

@@ -6,9 +6,10 @@ waits without any change to the sender; retention counts it as still to be deliv
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from dicom_node.index.models import Job, Outbox, OutboxState, utcnow
@@ -27,14 +28,14 @@ def hold_rows(session: Session, job_id: int) -> int:
     """The job's pending rows become held (in the caller's transaction); returns how many."""
     result = session.execute(update(Outbox).where(Outbox.job_pk == job_id, Outbox.state == OutboxState.pending)
                              .values(state=OutboxState.held))
-    return int(result.rowcount or 0)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 def release_rows(session: Session, job_id: int) -> int:
     """The job's held rows become pending, due now; returns how many."""
     result = session.execute(update(Outbox).where(Outbox.job_pk == job_id, Outbox.state == OutboxState.held)
                              .values(state=OutboxState.pending, next_attempt_at=utcnow()))
-    return int(result.rowcount or 0)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 def release_held_job(session: Session, job: Job, actor: str) -> int:

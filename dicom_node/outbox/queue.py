@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from config.schema import SendConfig
@@ -20,15 +22,16 @@ from dicom_node.index.models import FINISHED_STATES, Instance, Job, Outbox, Outb
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _aware(value: datetime) -> datetime:
     # SQLite returns naive datetimes; every time in the index is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def enqueue(session: Session, instance_pks: Iterable[int], destinations: Iterable[str], job_pk: int | None = None) -> int:
+def enqueue(session: Session, instance_pks: Iterable[int], destinations: Iterable[str],
+            job_pk: int | None = None) -> int:
     """Add (instance, destination) rows; an existing pair is left alone. Returns rows added."""
     rows = [
         {"instance_pk": pk, "destination": dest, "job_pk": job_pk, "state": OutboxState.pending.value,
@@ -87,8 +90,8 @@ def due_items(session: Session, destination: str, limit: int = 200, now: datetim
         .limit(limit)
     ).all()
     return [
-        DueItem(o.id, o.destination, i.file_path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, o.attempts,
-                o.sent_at is not None)
+        DueItem(o.id, o.destination, i.file_path, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid,
+                o.attempts, o.sent_at is not None)
         for o, i in rows
     ]
 
@@ -111,7 +114,7 @@ def mark_delivered_many(session: Session, outbox_ids: Sequence[int]) -> None:
     jobs = session.scalars(select(Outbox.job_pk).where(Outbox.id.in_(outbox_ids), Outbox.job_pk.is_not(None))
                            .distinct())
     for job_pk in list(jobs):
-        _record_send_tail(session, job_pk, now)
+        _record_send_tail(session, cast(int, job_pk), now)  # the query left out NULL
 
 
 def _record_send_tail(session: Session, job_pk: int, delivered_at: datetime) -> None:
@@ -206,7 +209,8 @@ def _last_failure(session: Session, destination: str, send: SendConfig) -> datet
     return max(times, default=None)
 
 
-def delivery_health(session: Session, destination: str, send: SendConfig, now: datetime | None = None) -> DeliveryHealth:
+def delivery_health(session: Session, destination: str, send: SendConfig,
+                    now: datetime | None = None) -> DeliveryHealth:
     """Delivery state of one destination from its outbox rows.
 
     failing: a pending row has failed an attempt and nothing was delivered since that failure;
@@ -242,7 +246,7 @@ def retry_now(session: Session, destination: str) -> int:
     result = session.execute(update(Outbox).where(Outbox.destination == destination,
                                                   Outbox.state == OutboxState.pending)
                              .values(next_attempt_at=utcnow()))
-    return int(result.rowcount or 0)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 def job_delivery(session: Session, job_pks: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -252,5 +256,5 @@ def job_delivery(session: Session, job_pks: Sequence[int]) -> dict[int, dict[str
         for job_pk, state, n in session.execute(
                 select(Outbox.job_pk, Outbox.state, func.count()).where(Outbox.job_pk.in_(job_pks))
                 .group_by(Outbox.job_pk, Outbox.state)):
-            counts[job_pk][state.value] = n
+            counts[cast(int, job_pk)][state.value] = n  # job_pk IN (...): never NULL
     return counts

@@ -28,9 +28,17 @@ from config.schema import AnyPeer, DicomwebPeerConfig, PeerConfig, SRNodeConfig
 from dicom_node.ae import NODELAY
 from dicom_node.index.db import session_scope
 from dicom_node.outbox.confirm import instances_at_peer
+from dicom_node.outbox.queue import (
+    DueItem,
+    due_destinations,
+    due_items,
+    mark_delivered_many,
+    mark_failed_attempt,
+    mark_handed,
+    retry_now,
+    series_keys,
+)
 from dicom_node.outbox.stow import StowClient, StowUnavailable
-from dicom_node.outbox.queue import (DueItem, due_destinations, due_items, mark_delivered_many,
-                                     mark_failed_attempt, mark_handed, retry_now, series_keys)
 from dicom_node.polling import PollingThread
 from dicom_node.qr.fast_store import StoredFile, install, read_ahead
 from dicom_node.storage import resolve_in

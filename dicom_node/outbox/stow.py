@@ -15,6 +15,7 @@ import ssl
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from config.schema import DicomwebPeerConfig
 from dicom_node.multipart import new_boundary, related_type, write_parts
@@ -46,7 +47,7 @@ def _auth_header(peer: DicomwebPeerConfig) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(secret).decode("ascii")}
 
 
-def _values(item: dict, tag: str) -> list:  # type: ignore[type-arg]
+def _values(item: dict[str, Any], tag: str) -> list[Any]:
     return (item.get(tag) or {}).get("Value") or []
 
 

@@ -6,9 +6,11 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
@@ -30,7 +32,7 @@ NODE_STARTED = "the node started"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Dispatcher:
@@ -95,7 +97,7 @@ class Dispatcher:
             self._fail_exhausted(running, "its worker stopped with the node")
             result = session.execute(update(Job).where(Job.state.in_(ACTIVE_STATES))
                                      .values(state=JobState.queued, task_id="", heartbeat_at=None, task_due_at=None))
-            return int(result.rowcount or 0)
+            return int(cast("CursorResult[Any]", result).rowcount or 0)
 
     def requeue_stale(self) -> int:
         """Running jobs without a heartbeat for worker.heartbeat_timeout_s go back to queued, or
@@ -152,7 +154,7 @@ class Dispatcher:
 
 def _aware(at: datetime | None) -> datetime | None:
     """SQLite gives back naive datetimes (stored as UTC)."""
-    return at.replace(tzinfo=timezone.utc) if at is not None and at.tzinfo is None else at
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
 class BrokerWatch:
@@ -164,7 +166,7 @@ class BrokerWatch:
         self.broker_url = broker_url
         self._identity: str | None = None  # None: never reached
         self._down = False
-        self._client = None
+        self._client: Any = None  # a redis.Redis, imported when first needed
 
     def changed(self) -> str:
         """Why queued jobs should be sent again now, or "" (raises while the broker is away)."""

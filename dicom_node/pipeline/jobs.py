@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def series_facts(session: Session, series: Series) -> SeriesFacts:
     """What routing may match on, from the index (size from the series' first image)."""
     first = session.scalar(
-        select(Instance).where(Instance.series_pk == series.id, Instance.is_image.is_(True)).order_by(Instance.id).limit(1)
+        select(Instance).where(Instance.series_pk == series.id, Instance.is_image.is_(True))
+        .order_by(Instance.id).limit(1)
     )
     return SeriesFacts(
         modality=series.modality, calling_ae=series.calling_ae, body_part=series.body_part,
@@ -118,7 +119,7 @@ def _arrival_timings(series: Series) -> dict[str, float]:
     def seconds(a: datetime | None, b: datetime | None) -> float:
         if a is None or b is None:
             return 0.0
-        aware = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in (a, b)]
+        aware = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in (a, b)]
         return round((aware[1] - aware[0]).total_seconds(), 4)
 
     return {"receive": seconds(series.first_received_at, series.last_received_at),

@@ -32,9 +32,11 @@ class OnDemandJobs:
 
     def _virtual(self, session: Session, series: Series) -> tuple[VirtualSeries, int] | None:
         chosen = select_rule(self.cfg.routing, series_facts(session, series))
-        if chosen is None or not chosen[1].on_demand or chosen[1].skip or not chosen[1].model:
+        if chosen is None:
             return None
         index, rule = chosen
+        if not rule.on_demand or rule.skip or not rule.model:
+            return None
         try:
             sha, model_scale = checkpoint_digest(self.cfg, rule.model)
         except (registry.UnknownModelError, CheckpointError, OSError):
@@ -44,7 +46,8 @@ class OnDemandJobs:
             select(Instance.id).where(Instance.series_pk == series.id, Instance.is_image.is_(True)))))
         return VirtualSeries(
             series_uid=derivation.series_uid(series.series_uid), source_series_uid=series.series_uid,
-            modality=series.modality, series_description=derived_series_description(series.series_description, derivation),
+            modality=series.modality,
+            series_description=derived_series_description(series.series_description, derivation),
             series_number=derived_series_number(series.series_number, derivation), expected_instances=n,
             rule_name=rule_name(index, rule),
         ), index
@@ -60,7 +63,9 @@ class OnDemandJobs:
         candidates = [session.get(Series, job.series_pk)] if job else session.scalars(
             select(Series).where(Series.derived_from_job.is_(None)))
         for series in candidates:
-            found = self._virtual(session, series) if series is not None else None
+            if series is None:
+                continue
+            found = self._virtual(session, series)
             if found and found[0].series_uid == series_uid:
                 return found[0], found[1], series.id
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ POOL_REPEAT_S = 300.0
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class PipelineService:
@@ -151,7 +151,7 @@ class PipelineService:
             set_on_demand_provider(None)
 
 
-def make_service(node: "NodeServer") -> PipelineService:
+def make_service(node: NodeServer) -> PipelineService:
     """Build the pipeline service for a node and register its stable-series hook."""
     service = PipelineService(node.cfg, node.session_factory, node.storage_dir)
     node.assembler.hooks.append(service.on_stable)

@@ -22,7 +22,7 @@ class Level(enum.IntEnum):
     IMAGE = 3
 
     @classmethod
-    def parse(cls, text: str) -> "Level":
+    def parse(cls, text: str) -> Level:
         """The level named by a QueryRetrieveLevel value (raises KeyError if unknown)."""
         return cls[text.strip().upper()]
 
@@ -37,7 +37,8 @@ class Model(enum.Enum):
 
 
 # Rows at each level, and the table whose primary key identifies a row there.
-TABLE_OF_LEVEL = {Level.PATIENT: Patient, Level.STUDY: Study, Level.SERIES: Series, Level.IMAGE: Instance}
+TABLE_OF_LEVEL: dict[Level, type[Patient] | type[Study] | type[Series] | type[Instance]] = {
+    Level.PATIENT: Patient, Level.STUDY: Study, Level.SERIES: Series, Level.IMAGE: Instance}
 UNIQUE_KEY = {
     Level.PATIENT: "PatientID",
     Level.STUDY: "StudyInstanceUID",
@@ -132,6 +133,6 @@ _MODEL_OF_SOP_CLASS = {
 }
 
 
-def model_of_sop_class(sop_class_uid: str) -> Model:
+def model_of_sop_class(sop_class_uid: str | None) -> Model:
     """The information model of a Patient/Study Root FIND, MOVE or GET SOP class UID."""
     return _MODEL_OF_SOP_CLASS[str(sop_class_uid)]

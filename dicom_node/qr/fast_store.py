@@ -4,8 +4,8 @@ pynetdicom's `send_c_store` decodes nothing when given a path, but still pushes 
 through its state machine thread, one queue hand-off per 16 KiB; for a 512x512 CT slice that is
 ~32 round trips through Python per instance and caps a C-MOVE at ~100 instances/s on loopback.
 Here the small C-STORE-RQ command set is encoded directly (byte-identical to pynetdicom's, see
-tests/qr/test_fast_store.py), the data set PDUs are framed straight from the file (PS3.8 9.3.5: P-DATA-TF, one PDV per PDU) and
-written to the association's socket in one call, and the response is read back through
+tests/qr/test_fast_store.py), the data set PDUs are framed straight from the file (PS3.8 9.3.5:
+P-DATA-TF, one PDV per PDU) and written to the association's socket in one call, and the response is read back through
 pynetdicom's DIMSE queue, as `send_c_store` does. When the file's transfer syntax was not
 accepted for its SOP class, the instance is read with pydicom and handed to pynetdicom's own
 `send_c_store`, which converts between the uncompressed syntaxes; compressed data is
@@ -224,7 +224,7 @@ def _recv_exact(sock: Any, n: int) -> bytearray:
     return buf
 
 
-def status_from_command(command: bytes) -> Dataset:
+def status_from_command(command: bytes | bytearray) -> Dataset:
     """Status (and ErrorComment) of a C-STORE-RSP command set (Implicit VR Little Endian)."""
     status = Dataset()
     pos = 0

@@ -50,9 +50,9 @@ def _grouped_counts(session: Session, keyword: str, pks: list[int]) -> dict[int,
                 .where(Study.patient_pk.in_(pks)).group_by(Study.patient_pk))
     elif keyword == "ModalitiesInStudy":
         found: dict[int, list[str]] = defaultdict(list)
-        stmt = (select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks), Series.modality != "")
-                .group_by(Series.study_pk, Series.modality).order_by(Series.study_pk, Series.modality))
-        for pk, modality in session.execute(stmt):
+        modalities = (select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks), Series.modality != "")
+                      .group_by(Series.study_pk, Series.modality).order_by(Series.study_pk, Series.modality))
+        for pk, modality in session.execute(modalities):
             found[pk].append(modality)
         return dict(found)
     else:  # pragma: no cover - ATTRIBUTES and this table are edited together
@@ -116,7 +116,8 @@ def _virtual_rows(session: Session, query: Query, provider: OnDemandProvider) ->
     if not sources:
         return
     virtual = provider.virtual_series(session, list(sources))
-    present = set(session.scalars(select(Series.series_uid).where(Series.series_uid.in_([v.series_uid for v in virtual]))))
+    virtual_uids = [v.series_uid for v in virtual]
+    present = set(session.scalars(select(Series.series_uid).where(Series.series_uid.in_(virtual_uids))))
     for v in virtual:
         if v.series_uid in present:
             continue  # already produced: the index answers for it like for any series

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -33,13 +33,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.schema import SRNodeConfig
 from dicom_node.ae import set_tcp_nodelay
 from dicom_node.handlers import NodeContext
+from dicom_node.qr import fast_store
 from dicom_node.qr.attributes import model_of_sop_class
+from dicom_node.qr.fast_store import StoredFile
 from dicom_node.qr.find import FindOutcome, find
 from dicom_node.qr.matching import QueryError
 from dicom_node.qr.on_demand import OnDemandError, OnDemandProvider, on_demand_provider
 from dicom_node.qr.query import parse_query
-from dicom_node.qr import fast_store
-from dicom_node.qr.fast_store import StoredFile
 from dicom_node.qr.retrieve import RetrievePlan, plan_retrieve, produced_file
 
 log = logging.getLogger("srnode.qr")
@@ -306,9 +306,9 @@ def scp_contexts() -> list[PresentationContext]:
     """
     from dicom_node.handlers import store  # the node's storage contexts, one definition
 
-    contexts = [build_context(uid, list(UNCOMPRESSED) + [ExplicitVRBigEndian]) for uid in QR_SOP_CLASSES]
+    contexts = [build_context(uid, [*UNCOMPRESSED, ExplicitVRBigEndian]) for uid in QR_SOP_CLASSES]
     for cx in store.scp_contexts():
-        both = build_context(cx.abstract_syntax, cx.transfer_syntax)
+        both = build_context(cast(str, cx.abstract_syntax), list(cx.transfer_syntax))
         both.scu_role = True
         both.scp_role = True
         contexts.append(both)

@@ -7,10 +7,10 @@ parent tables so that keys of every level above can be matched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Select, exists, select
+from sqlalchemy import ColumnElement, Select, exists, select
 
 from dicom_node.index.models import Instance, Patient, Series, Study
 from dicom_node.qr.attributes import (
@@ -98,7 +98,7 @@ def _base(row_level: Level, top: Level) -> Select[Any]:
 
 def _modalities_in_study(condition: Condition) -> Any:
     """A study matches ModalitiesInStudy if any of its series' modality matches."""
-    return exists().where(Series.study_pk == Study.id, condition.sql(Series.modality))
+    return exists().where(Series.study_pk == Study.id, condition.sql(cast("ColumnElement[Any]", Series.modality)))
 
 
 def condition_clauses(conditions: dict[str, Condition], row_level: Level) -> list[Any]:

@@ -120,7 +120,8 @@ def cmd_results(args: argparse.Namespace) -> int:
                 q = "" if c["psnr_db"] is None else f" {c['psnr_db']:.1f}dB"
                 cells.append(f"{v + ci + q:>30}")
             print(row["model"].ljust(24) + "".join(cells) + f"   {row['overall']['place'] or '-'}")
-    for path, data in ((args.csv, lambda: export.results_csv(res).encode()), (args.png, lambda: export.results_png(res)),
+    for path, data in ((args.csv, lambda: export.results_csv(res).encode()),
+                       (args.png, lambda: export.results_png(res)),
                        (args.answers, lambda: export.answers_csv(rows).encode())):
         if path:
             Path(path).write_bytes(data())

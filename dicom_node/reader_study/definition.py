@@ -36,7 +36,7 @@ class StudyDefinition(BaseModel):
     slices: list[str] = Field(default_factory=list)
     random: RandomSlices | None = None
     seed: int = Field(0, ge=0, lt=2**62)
-    scales: list[ScaleKey] = Field(default_factory=lambda: ["128to512"], min_length=1)
+    scales: list[ScaleKey] = Field(default_factory=lambda: list[ScaleKey](["128to512"]), min_length=1)
     # Side of the square region of the source slice shown (None: the whole slice). At 128→512 the
     # crop is the ground truth and crop/4 the input; at 512→2048 the crop is the input itself.
     crop: int | None = Field(None, ge=16, le=4096)

@@ -84,6 +84,7 @@ def reader_case(sessions: sessionmaker[Session], study_id: int, reader: str, pos
         if pres is None:
             raise StudyError("position", f"no case {position} in this study", 404)
         case = session.get(ReaderStudyCase, pres.case_id)
+        assert case is not None  # a presentation's case (foreign key)
         by_id = {c.id: c for c in candidates_by_case(session, study_id)[case.id].values()}
         order = json.loads(pres.order_json)
         ids = [opaque_id(study.secret, reader, f"c{i}") for i in order]
@@ -105,7 +106,8 @@ def reader_case(sessions: sessionmaker[Session], study_id: int, reader: str, pos
             "window": definition.window,
             "candidates": candidates,
             "reference": opaque_id(study.secret, reader, f"t{case.id}") if show_truth else None,
-            "ranking": [opaque_id(study.secret, reader, f"c{i}") for i in json.loads(mine.ranking_json)] if mine else None,
+            "ranking": ([opaque_id(study.secret, reader, f"c{i}") for i in json.loads(mine.ranking_json)]
+                        if mine else None),
         }
 
 

@@ -63,7 +63,8 @@ def candidates_by_case(session: Session, study_id: int) -> dict[int, dict[str, R
     return out
 
 
-def latest_answers(session: Session, study_id: int, reader: str | None = None) -> dict[tuple[int, str], ReaderStudyAnswer]:
+def latest_answers(session: Session, study_id: int,
+                   reader: str | None = None) -> dict[tuple[int, str], ReaderStudyAnswer]:
     """The newest answer per (case id, reader): the one that counts."""
     query = select(ReaderStudyAnswer).where(ReaderStudyAnswer.study_id == study_id).order_by(ReaderStudyAnswer.id)
     if reader is not None:

@@ -67,7 +67,8 @@ def results(sessions: sessionmaker[Session], study_id: int, n_boot: int = 2000) 
     for scale_key in definition.scales:
         scase = [c for c in cases if c.scale_key == scale_key]
         index = {c.id: i for i, c in enumerate(scase)}
-        answers = [(reader, index[case_id], {model_of[cid]: rank + 1 for rank, cid in enumerate(json.loads(a.ranking_json))})
+        answers = [(reader, index[case_id],
+                    {model_of[cid]: rank + 1 for rank, cid in enumerate(json.loads(a.ranking_json))})
                    for (case_id, reader), a in latest.items() if case_id in index]
         r = stats.rank_array(answers, definition.readers, len(scase), models)
         if definition.task == "rank":
@@ -76,17 +77,17 @@ def results(sessions: sessionmaker[Session], study_id: int, n_boot: int = 2000) 
         else:
             value, ci = stats.win_rates(r), stats.bootstrap_win_ci(r, n_boot=n_boot, seed=study_id)
             place = stats.positions(value, lower_is_better=False)
-        psnr = {m: [cands[c.id][m].psnr_db for c in scase if c.id in cands and cands[c.id][m].psnr_db is not None]
+        psnr = {m: [v for c in scase if c.id in cands and (v := cands[c.id][m].psnr_db) is not None]
                 for m in models}
-        ssim = {m: [cands[c.id][m].ssim for c in scase if c.id in cands and cands[c.id][m].ssim is not None]
+        ssim = {m: [v for c in scase if c.id in cands and (v := cands[c.id][m].ssim) is not None]
                 for m in models}
         per_scale[scale_key] = {
             "cases": len(scase), "answers": len(answers),
             "agreement": stats.agreement(r) if definition.task == "rank" else None,
             "models": {m: {"value": _num(value[i]), "ci": [_num(ci[i, 0]), _num(ci[i, 1])], "place": place[i],
                            "n": int((~np.isnan(r[:, :, i])).sum()),
-                           "psnr_db": _num(np.mean(psnr[m])) if psnr[m] else None,
-                           "ssim": _num(np.mean(ssim[m])) if ssim[m] else None}
+                           "psnr_db": _num(float(np.mean(psnr[m]))) if psnr[m] else None,
+                           "ssim": _num(float(np.mean(ssim[m]))) if ssim[m] else None}
                        for i, m in enumerate(models)},
         }
     # Table 5: one row per model, one column group per scale, and the overall place from the mean

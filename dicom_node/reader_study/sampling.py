@@ -53,8 +53,8 @@ def select_slices(session: Session, definition: StudyDefinition) -> list[Instanc
     # Sorted by UID so the same seed draws the same slices whatever order the index returns.
     pool = sorted(session.execute(query).scalars().all(), key=lambda i: i.sop_instance_uid)
     if not pool:
-        size = f" of {definition.slice_size}x{definition.slice_size}" if definition.slice_size else ""
-        raise SliceSelectionError("random", f"no stored {flt.modality} slices{size} match the filter")
+        of_size = f" of {definition.slice_size}x{definition.slice_size}" if definition.slice_size else ""
+        raise SliceSelectionError("random", f"no stored {flt.modality} slices{of_size} match the filter")
     rng = np.random.default_rng(definition.seed)
     picks = rng.choice(len(pool), size=min(flt.count, len(pool)), replace=False)
     return [pool[int(i)] for i in picks]

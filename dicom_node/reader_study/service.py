@@ -90,8 +90,8 @@ def _load_models(cfg: SRNodeConfig, names: list[str]) -> dict[str, Any]:
     out = {}
     for n in names:
         try:
-            out[n] = load(resolve(n, cfg.models), device, tile=cfg.worker.tile_size or None, overlap=cfg.worker.tile_overlap,
-                          batch=cfg.worker.batch_size)
+            out[n] = load(resolve(n, cfg.models), device, tile=cfg.worker.tile_size or None,
+                          overlap=cfg.worker.tile_overlap, batch=cfg.worker.batch_size)
         except Exception as exc:
             raise StudyError("models", f"model {n!r} cannot be loaded: {exc}") from exc
     return out
@@ -121,7 +121,8 @@ def compute_candidates(sessions: sessionmaker[Session], cfg: SRNodeConfig, study
         definition = definition_of(study)
         study.state, study.error = "computing", ""
         cases = session.execute(
-            select(ReaderStudyCase.id, ReaderStudyCase.k, ReaderStudyCase.scale_key, Instance.file_path, Series.modality)
+            select(ReaderStudyCase.id, ReaderStudyCase.k, ReaderStudyCase.scale_key, Instance.file_path,
+                   Series.modality)
             .join(Instance, Instance.id == ReaderStudyCase.instance_pk).join(Series, Series.id == Instance.series_pk)
             .where(ReaderStudyCase.study_id == study_id).order_by(ReaderStudyCase.k)
         ).all()
@@ -144,6 +145,7 @@ def compute_candidates(sessions: sessionmaker[Session], cfg: SRNodeConfig, study
             base = f"reader_study/{study_id}/case{k:04d}"
             with sessions() as session, session.begin():
                 case = session.get(ReaderStudyCase, case_id)
+                assert case is not None  # added above in this run
                 case.crop_json = json.dumps(crop)
                 if truth is not None:
                     case.truth_path = save_array(storage, f"{base}/truth.npy", truth)
@@ -152,12 +154,16 @@ def compute_candidates(sessions: sessionmaker[Session], cfg: SRNodeConfig, study
                         case_id=case_id, model=res.model, checkpoint_sha256=res.checkpoint_sha256,
                         array_path=save_array(storage, f"{base}/m{i:02d}.npy", res.values),
                         psnr_db=res.psnr_db, ssim=res.ssim))
-                session.get(ReaderStudy, study_id).progress_done = n
+                current = session.get(ReaderStudy, study_id)
+                assert current is not None  # checked at the start of the run
+                current.progress_done = n
         _write_presentations(sessions, study_id, definition)
     except Exception as exc:  # noqa: BLE001 - any failure is the study's state, shown in the console
         with sessions() as session, session.begin():
             study = session.get(ReaderStudy, study_id)
-            study.state, study.error = "failed", str(exc) if isinstance(exc, StudyError) else f"{type(exc).__name__}: {exc}"
+            assert study is not None  # checked at the start of the run
+            study.state = "failed"
+            study.error = str(exc) if isinstance(exc, StudyError) else f"{type(exc).__name__}: {exc}"
         log.error("reader study %d: computing candidates failed: %s: %s", study_id, type(exc).__name__, exc)
         return
     log.info("reader study %d open: %d cases x %d models", study_id, len(cases), len(definition.models))
@@ -166,6 +172,7 @@ def compute_candidates(sessions: sessionmaker[Session], cfg: SRNodeConfig, study
 def _write_presentations(sessions: sessionmaker[Session], study_id: int, definition: StudyDefinition) -> None:
     with sessions() as session, session.begin():
         study = session.get(ReaderStudy, study_id)
+        assert study is not None  # checked at the start of the run
         cases = session.execute(
             select(ReaderStudyCase).where(ReaderStudyCase.study_id == study_id).order_by(ReaderStudyCase.k)
         ).scalars().all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
@@ -56,7 +57,7 @@ def blocking_outbox_states(rc: RetentionConfig) -> tuple[OutboxState, ...]:
     return waiting if rc.recycle_failed_deliveries else (*waiting, OutboxState.failed)
 
 
-def _not_needed(rc: RetentionConfig) -> list:  # type: ignore[type-arg]
+def _not_needed(rc: RetentionConfig) -> list[Any]:
     """SQL conditions: nothing in the pipeline, the outbox or a reader study still needs the series."""
     derived = aliased(Series)
     in_series = Instance.series_pk == Series.id

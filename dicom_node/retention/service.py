@@ -13,7 +13,6 @@ from dicom_node.polling import PollingThread
 from dicom_node.retention.recycler import finish_interrupted, run_pass
 
 
-
 class _Node(Protocol):
     """What the service needs of the NodeServer (not imported: the quota check in the handlers
     imports this package, and the server imports the handlers)."""

@@ -22,7 +22,9 @@ AUTO_CPU_RUNTIME = "onnxruntime"
 # Python packages each runtime needs (the TorchScript ONNX exporter needs `onnx` too).
 _PACKAGES: dict[str, tuple[str, ...]] = {"torch": (), "onnxruntime": ("onnxruntime", "onnx")}
 # spandrel architecture ids whose export is tested to match eager fp32 (tests/sr_engine/test_backends.py).
-EXPORTABLE_ARCHS: frozenset[str] = frozenset({"ESRGAN", "DPSR"})
+# Compact (the fast CT model): ONNX Runtime 2.3 s vs eager torch 4.1 s per 512² slice on one
+# thread, outputs within 1.2e-7 of [0, 1] (BENCHMARKS.md, "CPU throughput, full-size series").
+EXPORTABLE_ARCHS: frozenset[str] = frozenset({"ESRGAN", "DPSR", "Compact"})
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 

@@ -104,8 +104,8 @@ def test_rule_names_are_checked_like_the_file(client: TestClient, name: str) -> 
 def test_per_modality_change_and_json_edit_read_differently_in_the_audit(client: TestClient) -> None:
     assert client.put("/api/routing/modalities/CT", json={"model": "lanczos"}, headers=auth(ADMIN)).status_code == 200
     rules = client.get("/api/routing", headers=auth(READ)).json()
-    assert client.put("/api/routing", json=[*rules, {"name": "mr-all", "match": {"modality": "MR"}, "model": "bicubic"}],
-                      headers=auth(ADMIN)).status_code == 200
+    mr_all = {"name": "mr-all", "match": {"modality": "MR"}, "model": "bicubic"}
+    assert client.put("/api/routing", json=[*rules, mr_all], headers=auth(ADMIN)).status_code == 200
     changes = [a["change"] for a in client.get("/api/audit?action=config.set.routing", headers=auth(READ)).json()]
     assert [c["how"] for c in changes] == ["json", "per-modality"]  # newest first
     assert changes[1]["after"] == {"0": {"model": "lanczos"}}  # only what changed

@@ -226,7 +226,8 @@ def test_routing_rule_names_must_be_unique_in_the_file_too(tmp_path: Path) -> No
     ({"model": "bicubic", "noise_action": "hold"}, "routing.0.noise_action", "hold needs max_noise_ratio"),
     ({"model": "bicubic", "max_noise_ratio": 0.9}, "routing.0.max_noise_ratio", "greater than 1"),
     ({"skip": True, "max_noise_ratio": 1.2}, "routing.0.max_noise_ratio", "a skip rule derives none"),
-    ({"model": "bicubic", "max_noise_ratio": 1.2, "noise_action": "drop"}, "routing.0.noise_action", "'mark' or 'hold'"),
+    ({"model": "bicubic", "max_noise_ratio": 1.2, "noise_action": "drop"}, "routing.0.noise_action",
+     "'mark' or 'hold'"),
 ])
 def test_noise_guard_rule_fields_are_checked_at_load(tmp_path: Path, rule: dict, key: str, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as info:

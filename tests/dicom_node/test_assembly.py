@@ -61,7 +61,8 @@ def test_stable_after_quiet_time_and_flags(tmp_path: Path, database_url: str, st
 def test_missing_slice_flagged(tmp_path: Path, sqlite_url: str, start_node, ct_dirs) -> None:  # type: ignore[no-untyped-def]
     node = start_node(node_config(tmp_path, sqlite_url))
     chest = next(d for d in ct_dirs if d.name.startswith("lung-pet-ct"))
-    files = sorted(chest.glob("*.dcm"), key=lambda p: float(dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    files = sorted(chest.glob("*.dcm"),
+                   key=lambda p: float(dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
     assert storescu(node.port, files[:10] + files[11:]).returncode == 0
     uid = str(dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
     assert _wait(lambda: _series_by_uid(node, uid).state == SeriesState.stable)

@@ -55,7 +55,8 @@ def test_truncated_file_fails_while_parallel_sender_lands(tmp_path: Path, databa
     truncated.write_bytes(truncated.read_bytes()[: len(data) // 2])
 
     parallel: dict[str, object] = {}
-    sender = threading.Thread(target=lambda: parallel.setdefault("r", storescu(node.port, ct_dirs, flags=("+sd", "+r"))))
+    sender = threading.Thread(
+        target=lambda: parallel.setdefault("r", storescu(node.port, ct_dirs, flags=("+sd", "+r"))))
     sender.start()
     # pynetdicom sends the file's dataset bytes as they are (no decoding on the sending side)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
@@ -103,7 +104,8 @@ def test_malformed_pixel_data_and_bad_uids_refused(tmp_path: Path, sqlite_url: s
     assert statuses == [0xC002, 0xC002, 0xC003, 0xC003, 0x0000]
     refusals = [r.getMessage() for r in _store_logs(caplog)]
     assert len(refusals) == 4, refusals
-    node_side = [r for r in caplog.records if r.name.startswith("pydicom") and r.thread != threading.main_thread().ident]
+    node_side = [r for r in caplog.records
+                 if r.name.startswith("pydicom") and r.thread != threading.main_thread().ident]
     assert node_side == [], "the node logs one line per refusal, pydicom adds none"
     assert "short pixel data" in refusals[0] and "missing pixel data" in refusals[1]
     assert "StudyInstanceUID" in refusals[2] and "SeriesInstanceUID" in refusals[3]

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ from dicom_node.index.models import (
 from dicom_node.server import SERVICE_MODULES, NodeServer
 from tests.dicom_node.conftest import node_config
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def days_ago(n: float) -> datetime:

@@ -128,7 +128,8 @@ def test_each_case_gets_its_documented_status(tmp_path: Path, sqlite_url: str, s
     assert all(r.is_image and r.rows == 512 and r.sop_class_uid == CT for r in rows.values())
     assert not [uid for uid in refused if list(node.storage_dir.rglob(f"{uid}.dcm"))]
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING and r.thread != _main_thread()]
-    assert len(lines) == len(refused) and all(r.name == "dicom_node.store" for r in lines), [r.getMessage() for r in lines]
+    assert len(lines) == len(refused) and all(r.name == "dicom_node.store" for r in lines), \
+        [r.getMessage() for r in lines]
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "PHIMARKER" not in text and PID not in text
 

@@ -289,7 +289,8 @@ class Index:
     def settled(self) -> bool:
         """Every job done and every outbox row delivered (the node has nothing left to do)."""
         jobs, outbox = self.jobs(), self.outbox_states()
-        return bool(jobs) and all(j.state == JobState.done for j in jobs) and set(outbox) == {OutboxState.delivered.value}
+        return (bool(jobs) and all(j.state == JobState.done for j in jobs)
+                and set(outbox) == {OutboxState.delivered.value})
 
     def problems(self) -> list[str]:
         """Inconsistencies: an instance row without its file, an unfinished job, an undelivered row."""
@@ -300,9 +301,11 @@ class Index:
                     found.append(f"instance {uid}: file {rel} missing")
             for job in s.scalars(select(Job)):
                 if job.state != JobState.done:
-                    found.append(f"job #{job.id} {job.state.value} ({job.progress_done}/{job.progress_total}) {job.error[:200]}")
+                    found.append(f"job #{job.id} {job.state.value} ({job.progress_done}/{job.progress_total}) "
+                                 f"{job.error[:200]}")
             for row in s.scalars(select(Outbox).where(Outbox.state != OutboxState.delivered)):
-                found.append(f"outbox #{row.id} to {row.destination} {row.state.value} after {row.attempts}: {row.last_error[:200]}")
+                found.append(f"outbox #{row.id} to {row.destination} {row.state.value} after {row.attempts}: "
+                             f"{row.last_error[:200]}")
         return found
 
     def leftover_part_files(self) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -30,7 +31,17 @@ def ct_slices(ct_dirs: list[Path]) -> list[Path]:
     return sorted(folder.glob("*.dcm"))[:4]
 
 
-def node_config(tmp_path: Path, node_port: int, orthanc: Orthanc, **overrides: object) -> dict:
+class DicomPeer(Protocol):
+    """The destination node_config sends to: tests.orthanc.Orthanc or tests.faults.harness.Destination."""
+
+    @property
+    def aet(self) -> str: ...
+
+    @property
+    def dicom_port(self) -> int: ...
+
+
+def node_config(tmp_path: Path, node_port: int, orthanc: DicomPeer, **overrides: object) -> dict:
     """A node config: bicubic x2 for CT back to Orthanc, fast stability and backoff."""
     cfg: dict = {
         "node": {"ae_title": "SRNODE", "host": "127.0.0.1", "port": node_port,

@@ -64,7 +64,8 @@ def check_derived_in_orthanc(orthanc: Orthanc, sources: list[Path], series_uid: 
         assert list(map(float, ds.ImageOrientationPatient)) == list(map(float, src.ImageOrientationPatient))
         shift = np.array(src.ImagePositionPatient, float) - np.array(ds.ImagePositionPatient, float)
         # Moved by spacing·(s−1)/(2s) in-plane only: the slice position along the normal is unchanged.
-        normal = np.cross(np.array(src.ImageOrientationPatient[:3], float), np.array(src.ImageOrientationPatient[3:], float))
+        normal = np.cross(np.array(src.ImageOrientationPatient[:3], float),
+                          np.array(src.ImageOrientationPatient[3:], float))
         assert abs(float(shift @ normal)) < 1e-3 and np.linalg.norm(shift) > 0
         assert ds.Modality == src.Modality and ds.SOPClassUID == src.SOPClassUID
         assert list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]

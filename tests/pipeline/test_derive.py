@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 
 def upscale(values: np.ndarray, scale: int) -> np.ndarray:
     t = torch.from_numpy(values.astype(np.float32))[None, None]
-    return torch.nn.functional.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)[0, 0].double().numpy()
+    up = torch.nn.functional.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)
+    return up[0, 0].double().numpy()
 
 
 def first_slices(folder: Path, n: int = 2) -> list[tuple[Path, pydicom.Dataset]]:
@@ -81,7 +82,8 @@ def test_every_ct_series_passes_dciodvfy(ct_dirs: list[Path], tmp_path: Path, tr
             reread = pydicom.dcmread(out)
             assert str(reread.file_meta.TransferSyntaxUID) == str(
                 {"explicit_le": "1.2.840.10008.1.2.1", "rle": "1.2.840.10008.1.2.5",
-                 "jpeg2000_lossless": "1.2.840.10008.1.2.4.90", "jpegls_lossless": "1.2.840.10008.1.2.4.80"}[transfer_syntax])
+                 "jpeg2000_lossless": "1.2.840.10008.1.2.4.90",
+                 "jpegls_lossless": "1.2.840.10008.1.2.4.80"}[transfer_syntax])
             # Lossless: the re-read HU equal what was written before encoding.
             assert np.array_equal(modality_values(reread), modality_values(classic[-1]))
             assert sha in list(reread.ContributingEquipmentSequence[-1].SoftwareVersions)
@@ -96,7 +98,8 @@ def test_every_ct_series_passes_dciodvfy(ct_dirs: list[Path], tmp_path: Path, tr
 def test_mr_with_rescale_and_non_square(shared_dir: Path, tmp_path: Path) -> None:
     folder = next((shared_dir / "data" / "mr").iterdir())
     path, src = first_slices(folder, 1)[0]
-    ds = derive_classic(src, upscale(modality_values(src), 2), Derivation(model="bicubic", checkpoint_sha256="", scale=2))
+    ds = derive_classic(src, upscale(modality_values(src), 2),
+                        Derivation(model="bicubic", checkpoint_sha256="", scale=2))
     out = tmp_path / "mr.dcm"
     ds.save_as(out, enforce_file_format=True)
     assert (ds.Rows, ds.Columns) == (src.Rows * 2, src.Columns * 2)

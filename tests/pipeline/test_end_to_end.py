@@ -15,7 +15,13 @@ from dicom_node.index.models import Job, JobState
 from dicom_node.server import NodeServer
 from tests.orthanc import Orthanc
 from tests.pipeline.conftest import node_config
-from tests.pipeline.helpers import check_derived_in_orthanc, expected_derived_uid, forward, wait_for_series, write_config
+from tests.pipeline.helpers import (
+    check_derived_in_orthanc,
+    expected_derived_uid,
+    forward,
+    wait_for_series,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 REDIS_DB = 13  # this package's own Redis database

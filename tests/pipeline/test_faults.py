@@ -142,7 +142,8 @@ def test_node_restart_with_jobs_queued(tmp_path: Path, orthanc: Orthanc, node_po
     finally:
         node.stop()  # the embedded worker goes with it
     stopped = job_row(cfg)
-    assert stopped is not None and stopped.state != JobState.done, "job finished before the restart; test proves nothing"
+    assert stopped is not None and stopped.state != JobState.done, \
+        "job finished before the restart; test proves nothing"
     node = NodeServer(parse_config(cfg, environ={}))
     node.start()
     try:

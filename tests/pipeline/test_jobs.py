@@ -68,7 +68,8 @@ def test_route_creates_one_job_and_is_idempotent(tmp_path: Path, stored) -> None
     first = route_series(cfg, factory, series_pk)
     assert route_series(cfg, factory, series_pk) == first and len(first) == 1
     (job,) = jobs(factory)
-    assert (job.rule_name, job.model, job.scale, job.priority, job.state) == ("ct", "bicubic", 2, "stat", JobState.queued)
+    assert (job.rule_name, job.model, job.scale, job.priority, job.state) == \
+        ("ct", "bicubic", 2, "stat", JobState.queued)
     assert job.progress_total == 3 and job.derived_series_uid
     with factory() as s:
         assert s.get(Series, series_pk).state == SeriesState.routed
@@ -77,7 +78,8 @@ def test_route_creates_one_job_and_is_idempotent(tmp_path: Path, stored) -> None
 def test_skip_and_no_match_make_no_job(tmp_path: Path, stored) -> None:  # type: ignore[no-untyped-def]
     factory, series_pk, _ = stored
     assert route_series(make_cfg(tmp_path, [{"match": {"modality": "CT"}, "skip": True}]), factory, series_pk) == []
-    assert route_series(make_cfg(tmp_path, [{"match": {"modality": "MR"}, "model": "bicubic"}]), factory, series_pk) == []
+    mr_only = make_cfg(tmp_path, [{"match": {"modality": "MR"}, "model": "bicubic"}])
+    assert route_series(mr_only, factory, series_pk) == []
     assert jobs(factory) == []
 
 

@@ -53,7 +53,8 @@ def test_model_added_and_routed_at_run_time_processes_next_series(tmp_path: Path
         assert [j.model for j in _wait_done(node, 1, 120)] == ["bicubic-x2"]
 
         # An admin registers a new model and routes CT to it (what the admin API does).
-        models = {**node.live.current().model_dump(mode="json")["models"], "lanczos-x2": {"arch": "lanczos", "scale": 2}}
+        models = {**node.live.current().model_dump(mode="json")["models"],
+                  "lanczos-x2": {"arch": "lanczos", "scale": 2}}
         node.live.set_section("models", models, actor="test")
         routing = [{"name": "ct", "match": {"modality": "CT"}, "model": "lanczos-x2"}]
         node.live.set_section("routing", routing, actor="test")

@@ -26,15 +26,22 @@ from dicom_node.index.migrate import upgrade
 from dicom_node.index.models import Job, JobState, Worker, unserved_jobs, utcnow
 from dicom_node.pipeline.service import PipelineService
 from dicom_node.server import NodeServer
+from dicom_node.storage_identity import STORAGE_MARKER, write_storage_marker
 from tests.conftest import free_port
 from tests.dicom_node.conftest import storescu
 from tests.faults.harness import Destination, wait_until
 from tests.pipeline.helpers import write_config
 from tests.pipeline.test_end_to_end import start_worker
-from tests.pipeline.test_scaleout import (PrivateRedis, assert_delivered_once, destination, job_rows,  # noqa: F401
-                                          private_redis, scaleout_config, stop)
+from tests.pipeline.test_scaleout import (  # noqa: F401
+    PrivateRedis,
+    assert_delivered_once,
+    destination,
+    job_rows,
+    private_redis,
+    scaleout_config,
+    stop,
+)
 from tests.workers.test_workers import make_job
-from dicom_node.storage_identity import STORAGE_MARKER, write_storage_marker
 from workers.health import WorkerHealth, WorkerIdentity
 from workers.process import claim_job, retry_or_fail
 

@@ -20,7 +20,8 @@ CPTAC = "cptac-lscc_C3N-00247_chest"
 GE = "ge-head_dcm-qa-ct"
 
 
-def findscu(node: RunningNode, out: Path, *keys: str, root: str = "-S", extra: tuple[str, ...] = ()) -> tuple[list, str]:
+def findscu(node: RunningNode, out: Path, *keys: str, root: str = "-S",
+            extra: tuple[str, ...] = ()) -> tuple[list, str]:
     """Run findscu with -k keys; return the extracted response identifiers and the tool's output."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = ["findscu", "-v", root, "-aet", SCU_AE, "-aec", NODE_AE, "-X", "-od", str(out), *extra]
@@ -110,7 +111,8 @@ def test_move_real_ct_series(node: RunningNode, tmp_path: Path, ct_dirs: list[Pa
 
 
 def test_move_to_unknown_destination(node: RunningNode, tmp_path: Path) -> None:
-    res = run(["movescu", "-v", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-aem", "NOSUCHAE", "+P", str(node.scu_port), "-od", str(tmp_path),
+    res = run(["movescu", "-v", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-aem", "NOSUCHAE", "+P", str(node.scu_port),
+               "-od", str(tmp_path),
                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={node.studies[LUNG]}",
                "127.0.0.1", str(node.port)])
     output = res.stdout + res.stderr

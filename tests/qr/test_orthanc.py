@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.qr.conftest import NODE_AE, RunningNode
 from tests.orthanc import Orthanc
+from tests.qr.conftest import NODE_AE, RunningNode
 
 pytestmark = pytest.mark.integration
 LUNG = "lung-pet-ct-dx_Lung_Dx-A0002_chest"

@@ -10,10 +10,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
-from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
 from dicom_node.derive.uids import derived_series_uid, derived_sop_uid
 from dicom_node.ingest import store_dataset
@@ -106,7 +106,8 @@ def test_move_cancel(node: RunningNode, destination: Destination) -> None:
         for status, _ in assoc.send_c_move(series_identifier(node.series[LUNG]), "SLOWSCP", MOVE):
             statuses.append(status)
             if status.Status == 0xFF00 and len(statuses) == 2:
-                assoc.send_c_cancel(1, next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == MOVE))
+                move_context = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == MOVE)
+                assoc.send_c_cancel(1, move_context)
     finally:
         assoc.release()
     final = statuses[-1]

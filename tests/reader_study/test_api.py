@@ -49,7 +49,8 @@ def test_rank_study_blinded_answers_and_results(client: TestClient, stored_slice
         ranking = [c["id"] for c in case["candidates"]][::-1]
         png = client.get(f"/api/reading/{sid}/images/{ranking[0]}.png?preset=lung", headers=h)
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
-        assert client.post(f"/api/reading/{sid}/cases/{k}/answer", json={"ranking": ranking}, headers=h).status_code == 200
+        answer = client.post(f"/api/reading/{sid}/cases/{k}/answer", json={"ranking": ranking}, headers=h)
+        assert answer.status_code == 200
     joined = "\n".join(texts)
     assert not any(m in joined for m in MODELS + ["realesrgan"]) and stored_slices[0] not in joined
 
@@ -100,10 +101,12 @@ def test_rank_study_blinded_answers_and_results(client: TestClient, stored_slice
         assert row["overall"]["value"] == pytest.approx(np.mean(both), abs=1e-3)
     assert [r["overall"]["place"] for r in res["table"]] == sorted(r["overall"]["place"] for r in res["table"])
 
-    table = list(csv.DictReader(io.StringIO(client.get(f"/api/reader-studies/{sid}/results.csv", headers=auth(READ)).text)))
+    results_csv = client.get(f"/api/reader-studies/{sid}/results.csv", headers=auth(READ)).text
+    table = list(csv.DictReader(io.StringIO(results_csv)))
     assert sorted(r["model"] for r in table) == sorted(MODELS)
     assert client.get(f"/api/reader-studies/{sid}/results.png", headers=auth(READ)).content[:4] == b"\x89PNG"
-    audit_rows = list(csv.DictReader(io.StringIO(client.get(f"/api/reader-studies/{sid}/answers.csv", headers=auth(READ)).text)))
+    answers_csv = client.get(f"/api/reader-studies/{sid}/answers.csv", headers=auth(READ)).text
+    audit_rows = list(csv.DictReader(io.StringIO(answers_csv)))
     assert len(audit_rows) == 12 and all(len(r["display_order"].split()) == 3 for r in audit_rows)
 
     # Closing reveals the models to the reader and stops answers.
@@ -155,7 +158,8 @@ def test_random_draw_is_seeded_and_pairwise_task(client: TestClient, stored_slic
     assert all(len(c["candidates"]) == 2 for c in seq_a)
     for k, c in enumerate(seq_a, 1):
         ids = [x["id"] for x in c["candidates"]]
-        assert client.post(f"/api/reading/{a['id']}/cases/{k}/answer", json={"ranking": ids}, headers=h).status_code == 200
+        answer = client.post(f"/api/reading/{a['id']}/cases/{k}/answer", json={"ranking": ids}, headers=h)
+        assert answer.status_code == 200
     res = client.get(f"/api/reader-studies/{a['id']}/results", headers=auth(ADMIN)).json()
     assert res["metric"] == "win rate"
     shown = sum(m["n"] for m in res["per_scale"]["128to512"]["models"].values())
@@ -199,7 +203,8 @@ def test_cli_lists_and_exports_results(client: TestClient, stored_slices: list[s
     h = auth(READERS[0])
     for k in (1, 2):
         case = client.get(f"/api/reading/{sid}/cases/{k}", headers=h).json()
-        client.post(f"/api/reading/{sid}/cases/{k}/answer", json={"ranking": [c["id"] for c in case["candidates"]]}, headers=h)
+        client.post(f"/api/reading/{sid}/cases/{k}/answer", json={"ranking": [c["id"] for c in case["candidates"]]},
+                    headers=h)
     config = tmp_path / "srnode.yaml"
     config.write_text(yaml.safe_dump(node_config(tmp_path, shared_dir)))
     capsys.readouterr()

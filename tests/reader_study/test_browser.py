@@ -45,7 +45,8 @@ def _forbidden_words(sessions: sessionmaker[Session], ct_dirs: list[Path]) -> li
         digests = set(s.execute(select(ReaderStudyCandidate.checkpoint_sha256)).scalars())
     chest = next(d for d in ct_dirs if d.name.startswith("lung-pet-ct-dx"))
     ds = pydicom.dcmread(sorted(chest.glob("*.dcm"))[12], stop_before_pixels=True)
-    patient = [str(ds.get("PatientName", "")), str(ds.get("PatientID", "")), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)]
+    patient = [str(ds.get("PatientName", "")), str(ds.get("PatientID", "")), str(ds.SOPInstanceUID),
+               str(ds.SeriesInstanceUID)]
     return [*MODELS, "realesrgan", "lanczos", "bicubic", *digests, *[p for p in patient if len(p) > 3]]
 
 
@@ -111,7 +112,7 @@ def test_study_two_readers_rank_every_case_results_match(
             page = ctx.new_page()
             page.on("pageerror", lambda exc: js_errors.append(f"reader: {exc}"))
             responses = []
-            page.on("response", lambda resp: responses.append(resp))
+            page.on("response", responses.append)
             page.goto(base_url + "/reading.html")
             page.get_by_test_id("reader-token").fill(token)
             page.get_by_test_id("reader-login").click()
@@ -131,14 +132,16 @@ def test_study_two_readers_rank_every_case_results_match(
                     expect(page.get_by_test_id("wl-center")).to_have_value("-600")
                     page.wait_for_function(f"document.querySelector('[data-testid=img-A]').src !== {before!r}")
                     page.get_by_test_id("zoom").fill("2")
-                    transforms = page.eval_on_selector_all("[data-testid^=img-]", "els => els.map(e => e.style.transform)")
+                    transforms = page.eval_on_selector_all("[data-testid^=img-]",
+                                                           "els => els.map(e => e.style.transform)")
                     assert len(set(transforms)) == 1 and "scale(2)" in transforms[0], transforms
                     box = page.get_by_test_id("pane-B").bounding_box()
                     page.mouse.move(box["x"] + 100, box["y"] + 100)
                     page.mouse.down()
                     page.mouse.move(box["x"] + 140, box["y"] + 70, steps=4)
                     page.mouse.up()
-                    transforms = page.eval_on_selector_all("[data-testid^=img-]", "els => els.map(e => e.style.transform)")
+                    transforms = page.eval_on_selector_all("[data-testid^=img-]",
+                                                           "els => els.map(e => e.style.transform)")
                     assert len(set(transforms)) == 1 and "translate(40px, -30px)" in transforms[0], transforms
                 order = list(rng.permutation(["A", "B", "C"]))
                 for letter in order[:2]:  # the last one is placed by itself
@@ -209,7 +212,8 @@ def test_study_two_readers_rank_every_case_results_match(
     assert js_errors == []
 
 
-def test_pairwise_reading_with_keyboard(base_url: str, stored_slices: list[str], sessions: sessionmaker[Session]) -> None:
+def test_pairwise_reading_with_keyboard(base_url: str, stored_slices: list[str],
+                                        sessions: sessionmaker[Session]) -> None:
     """Pairwise task: one key picks the better of two; the stored answer puts that candidate first."""
     import httpx
     from playwright.sync_api import expect, sync_playwright
@@ -242,4 +246,5 @@ def test_pairwise_reading_with_keyboard(base_url: str, stored_slices: list[str],
         answers = s.execute(select(ReaderStudyAnswer).where(ReaderStudyAnswer.study_id == sid)
                             .order_by(ReaderStudyAnswer.id)).scalars().all()
     # Case 1: B (display position 2) won; case 2: A (position 1) won.
-    assert [json.loads(a.ranking_json)[0] == json.loads(a.display_order_json)[i] for a, i in zip(answers, (1, 0))] == [True, True]
+    assert [json.loads(a.ranking_json)[0] == json.loads(a.display_order_json)[i]
+            for a, i in zip(answers, (1, 0))] == [True, True]

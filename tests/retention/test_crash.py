@@ -59,7 +59,8 @@ def test_kill9_mid_recycle_then_restart(tmp_path: Path, ct_slices: list[Path]) -
         proc.wait(timeout=10)
         kills += 1
         with archive.factory() as s:
-            interrupted += bool(s.scalar(select(func.count()).select_from(Series).where(Series.recycling_at.is_not(None))))
+            interrupted += bool(s.scalar(select(func.count()).select_from(Series)
+                                         .where(Series.recycling_at.is_not(None))))
         assert [p for p in archive.problems() if p.startswith("row without file")] == []
         finish_interrupted(archive.factory, archive.storage, keep_job_history=True)  # what a node start does
         assert archive.problems() == [], f"after kill {kills}"

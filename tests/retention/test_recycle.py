@@ -54,7 +54,8 @@ def test_unfinished_work_keeps_the_series(archive: Archive) -> None:
     running_src, running_job, _ = archive.pipeline()
     running_derived = archive.series(derived_from_job=archive.job(running_src, JobState.running))
     pending_src, pending_job, pending = archive.pipeline()
-    archive.outbox(pending, OutboxState.pending, job=pending_job, destination="OTHER")  # not delivered yet (2nd destination)
+    # not delivered yet (2nd destination)
+    archive.outbox(pending, OutboxState.pending, job=pending_job, destination="OTHER")
     failed_src, failed_job, failed = archive.pipeline()
     archive.outbox(failed, OutboxState.failed, job=failed_job, destination="OTHER")
     receiving = archive.series()
@@ -124,7 +125,8 @@ def test_age_rule_per_kind_and_modality(archive: Archive) -> None:
     with archive.factory.begin() as s:
         modality = s.get(Series, src).modality  # type: ignore[union-attr]
     # The modality's rule overrides the kind's: derived CT kept although derived ages out.
-    keep_ct = RetentionConfig(keep_after_delivery_h=0, max_age_h={"derived": 1e-9}, modalities={modality: {"max_age_h": 1e6}})
+    keep_ct = RetentionConfig(keep_after_delivery_h=0, max_age_h={"derived": 1e-9},
+                              modalities={modality: {"max_age_h": 1e6}})
     run_pass(archive.factory, archive.storage, keep_ct)
     with archive.factory() as s:
         assert s.get(Series, derived) is not None

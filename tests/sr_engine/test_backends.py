@@ -31,7 +31,7 @@ def _ct_lr(ct_slice_hu: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @needs_ort
-@pytest.mark.parametrize("arch", ["realesrgan", "dpsr"])
+@pytest.mark.parametrize("arch", ["realesrgan", "dpsr", "compact"])
 def test_onnxruntime_matches_eager_fp32_tiny(arch: str, ct_slice_hu: torch.Tensor) -> None:
     d = _tiny(arch)
     ort_up = Upscaler(d, 4, tile=24, overlap=12, runtime="onnxruntime")
@@ -72,6 +72,7 @@ def test_auto_choice() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_runtime("auto", cpu, "fp32", "ESRGAN") == "onnxruntime"
     assert choose_runtime("auto", cpu, "fp32", "DPSR") == "onnxruntime"
+    assert choose_runtime("auto", cpu, "fp32", "Compact") == "onnxruntime"
     assert choose_runtime("auto", cpu, "fp32", "SwinIR") == "torch"  # window attention: eager
     assert choose_runtime("auto", cpu, "bf16", "ESRGAN") == "torch"  # reduced precision: torch autocast
     assert choose_runtime("auto", cuda, "fp32", "ESRGAN") == "torch"

@@ -6,9 +6,8 @@ import logging
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -24,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 def srnode_process(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """Run the srnode CLI in a fresh interpreter (2 torch threads): exit code and stderr as a user sees them."""
     code = "import sys, torch; torch.set_num_threads(2); from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @dataclass
@@ -43,11 +43,13 @@ def srnode(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
     return Result(code, out, err + "\n".join(r.getMessage() for r in caplog.records))
 
 
-def test_models_list_with_config(capsys, caplog, tmp_path: Path, weights_dir: Path, weights_sha256: dict[str, str]) -> None:
+def test_models_list_with_config(capsys, caplog, tmp_path: Path, weights_dir: Path,
+                                 weights_sha256: dict[str, str]) -> None:
     name = "RealESRGAN_x4plus_anime_6B.pth"
     cfg = tmp_path / "srnode.yaml"
     cfg.write_text(
-        f"models:\n  anime:\n    arch: realesrgan\n    weights: {weights_dir / name}\n    sha256: {weights_sha256[name]}\n"
+        f"models:\n  anime:\n    arch: realesrgan\n    weights: {weights_dir / name}\n"
+        f"    sha256: {weights_sha256[name]}\n"
     )
     r = srnode(capsys, caplog, "models", "list", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
@@ -71,8 +73,9 @@ def test_sr_writes_upscaled_dicom(capsys, caplog, tmp_path: Path, ct_dirs: list[
     assert len(files) == 2
     for f in files:
         ds = pydicom.dcmread(f)
+        source_uid = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
         source = next(pydicom.dcmread(p) for p in src.glob("*.dcm")
-                      if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == ds.SourceImageSequence[0].ReferencedSOPInstanceUID)
+                      if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == source_uid)
         assert (ds.Rows, ds.Columns) == (2048, 2048)
         assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
@@ -97,9 +100,11 @@ def test_sr_refuses_tampered_weights(tmp_path: Path, ct_dirs: list[Path], weight
     assert not (tmp_path / "out").exists()
 
 
-def test_evaluate_real_weights_table_and_json(capsys, caplog, tmp_path: Path, ct_dirs: list[Path], weights_dir: Path) -> None:
+def test_evaluate_real_weights_table_and_json(capsys, caplog, tmp_path: Path, ct_dirs: list[Path],
+                                              weights_dir: Path) -> None:
     out = tmp_path / "eval.json"
-    r = srnode(capsys, caplog, "evaluate", "--model", "realesrgan", "--weights", str(weights_dir / "RealESRGAN_x4plus_anime_6B.pth"),
+    r = srnode(capsys, caplog, "evaluate", "--model", "realesrgan",
+               "--weights", str(weights_dir / "RealESRGAN_x4plus_anime_6B.pth"),
                "--max-slices", "2", "--batch", "2", "--tile", "0", "--json", str(out), str(ct_dirs[0]))
     assert r.returncode == 0, r.stderr
     assert "| realesrgan |" in r.stdout and "| bicubic |" in r.stdout and "100%" in r.stderr
@@ -114,7 +119,8 @@ def test_evaluate_real_weights_table_and_json(capsys, caplog, tmp_path: Path, ct
 
 def test_evaluate_bicubic_with_projection(capsys, caplog, tmp_path: Path, ct_dirs: list[Path]) -> None:
     out = tmp_path / "eval.json"
-    r = srnode(capsys, caplog, "evaluate", "--model", "lanczos", "--max-slices", "1", "--project", "--json", str(out), str(ct_dirs[1]))
+    r = srnode(capsys, caplog, "evaluate", "--model", "lanczos", "--max-slices", "1", "--project", "--json", str(out),
+               str(ct_dirs[1]))
     assert r.returncode == 0, r.stderr
     summary = json.loads(out.read_text())["summary"]
     # Projection onto the LR-consistent set raises LR-consistency well above the raw output's.
@@ -122,7 +128,8 @@ def test_evaluate_bicubic_with_projection(capsys, caplog, tmp_path: Path, ct_dir
     assert summary["lanczos"]["psnr_hu"]["mean"] > summary["bicubic"]["psnr_hu"]["mean"] - 1
 
 
-def test_evaluate_native_models_against_lanczos(capsys, caplog, tmp_path: Path, ct_dirs: list[Path], repo_root: Path) -> None:
+def test_evaluate_native_models_against_lanczos(capsys, caplog, tmp_path: Path, ct_dirs: list[Path],
+                                                repo_root: Path) -> None:
     out = tmp_path / "native"
     cfg = repo_root / "models" / "ct-realesrgan-anime6b" / "registry.yaml"
     r = srnode(capsys, caplog, "evaluate", "--native", "--model", "ct-realesrgan-anime6b", "--model", "lanczos",
@@ -135,7 +142,9 @@ def test_evaluate_native_models_against_lanczos(capsys, caplog, tmp_path: Path, 
         # The registry's `lanczos` model (tiled engine path, [0, 1] mapping) is the reference itself.
         assert s["models"]["lanczos"]["noise_ratio"] == pytest.approx(1.0, abs=1e-3)
         assert s["models"]["lanczos"]["edge_ratio"] == pytest.approx(1.0, abs=1e-3)
-        assert 0.5 < s["models"]["ct-realesrgan-anime6b"]["noise_ratio"] < 3
+        # A finite, positive ratio (the native-noise-trained model suppresses the sharp B70f
+        # kernel's noise to ~0.1 of lanczos's: RESULTS.md, "Native resolution").
+        assert 0 < s["models"]["ct-realesrgan-anime6b"]["noise_ratio"] < 3
     series = [k for k in doc["summary"] if k != "all"]
     assert len(series) == 3
     first = [s["models"]["ct-realesrgan-anime6b"]["edge_ratio"] for s in doc["slices"] if s["series"] == series[0]]
@@ -151,5 +160,6 @@ def test_evaluate_native_refuses_bad_options(capsys, caplog, tmp_path: Path, ct_
     assert r.returncode == 1 and "repeat --model only with --native" in r.stderr
     r = srnode(capsys, caplog, "evaluate", "--native", "--model", "bicubic", str(ct_dirs[1]))
     assert r.returncode == 1 and "--native needs --out" in r.stderr
-    r = srnode(capsys, caplog, "evaluate", "--native", "--model", "bicubic", "--crop", "16", "--out", str(tmp_path), str(ct_dirs[1]))
+    r = srnode(capsys, caplog, "evaluate", "--native", "--model", "bicubic", "--crop", "16", "--out", str(tmp_path),
+               str(ct_dirs[1]))
     assert r.returncode == 1 and "--crop 16" in r.stderr

@@ -153,7 +153,8 @@ def test_mr_percentile_mapping_and_config() -> None:
         mapping_for("MR")
     fixed = mapping_for("MR", values, IntensityConfig(mode="fixed", low=0, high=500))
     assert (fixed.low, fixed.high) == (0, 500)
-    assert mapping_for("CT", values, IntensityConfig(mode="percentile", percentile_low=0, percentile_high=100)).high == 1000
+    full_range = IntensityConfig(mode="percentile", percentile_low=0, percentile_high=100)
+    assert mapping_for("CT", values, full_range).high == 1000
     flat = mapping_for("DX", np.full(10, 7.0))
     assert flat.high > flat.low
     with pytest.raises(ValueError):

@@ -52,3 +52,32 @@ def test_overrides_replace_fields_and_refuse_nonsense() -> None:
         # The preset check names the same problem before any data is read.
         with pytest.raises(ValueError, match=msg):
             get_preset("compact").with_overrides(degradation_overrides=bad).validate()
+
+
+def test_model_card_names_the_degradations_the_run_used() -> None:
+    from dataclasses import asdict
+
+    from training.degradations import NATIVE_CT
+    from training.export import describe_degradations
+
+    card = {"preset": {"blind": False}, "degradations": asdict(NATIVE_CT)}
+    text = describe_degradations(card)
+    assert "own measured CT noise on 70% of LR patches at 0.5-1.3x" in text and "sigma 0.3-1 px on 30%" in text
+    assert describe_degradations({"preset": {"blind": False}, "degradations": asdict(DegradationConfig())}) \
+        == "bicubic x4 only"
+    assert describe_degradations({"preset": {"blind": True}}).startswith("blind")  # a run before the record
+
+
+def test_network_interpolation_blends_same_architecture_only() -> None:
+    import torch
+
+    from training.export import interpolate_weights
+
+    a = {"w": torch.zeros(2, 2), "n": torch.tensor(3)}
+    b = {"w": torch.ones(2, 2), "n": torch.tensor(7)}
+    mid = interpolate_weights(a, b, 0.25)
+    assert torch.allclose(mid["w"], torch.full((2, 2), 0.25)) and int(mid["n"]) == 3
+    with pytest.raises(ValueError, match="not the same architecture"):
+        interpolate_weights(a, {"w": torch.ones(3, 2), "n": torch.tensor(1)}, 0.5)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        interpolate_weights(a, b, 1.5)

@@ -5,7 +5,6 @@ import pytest
 
 from training.presets import PAPER_MILESTONES, PRESETS, get_preset
 
-
 PAPER_MODELS = ("bsrgan", "realesrgan", "dpsr", "swinir", "hat")
 
 

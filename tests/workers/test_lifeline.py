@@ -62,7 +62,8 @@ def test_node_killed_with_sigkill_takes_its_embedded_worker_along(tmp_path) -> N
         "from config.loader import load_config\n"
         "from dicom_node.pipeline.embedded_worker import EmbeddedWorker\n"
         "w = EmbeddedWorker(load_config(sys.argv[1])); w.start()\n"
-        "print(w.proc.pid, flush=True); time.sleep(120)\n"), str(cfg)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        "print(w.proc.pid, flush=True); time.sleep(120)\n"), str(cfg)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert node.stdout is not None
         worker_pid = int(node.stdout.readline())

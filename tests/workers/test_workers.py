@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from config.loader import parse_config
 from config.schema import SendConfig
+from dicom_node.broker import queue_name
 from dicom_node.index.db import make_engine, session_factory, session_scope
 from dicom_node.index.migrate import upgrade
 from dicom_node.index.models import Job, JobState, Patient, Series, Study
@@ -19,7 +20,6 @@ from dicom_node.outbox.queue import backoff_s
 from dicom_node.pipeline import Dispatcher
 from tests.pipeline.test_jobs import stored  # noqa: F401 - fixture
 from workers import model_cache
-from dicom_node.broker import queue_name
 from workers.app import make_celery
 from workers.process import claim_job, utcnow
 
@@ -75,7 +75,8 @@ def test_worker_precision_reaches_the_loaded_model(tmp_path: Path, shared_dir: P
                                                   runtime: str) -> None:
     cfg = parse_config({
         "node": {"storage_dir": str(tmp_path / "storage"), "database_url": f"sqlite:///{tmp_path / 'i.db'}"},
-        "models": {"esrgan": {"arch": "realesrgan", "weights": str(shared_dir / "weights" / "RealESRGAN_x4plus_anime_6B.pth")}},
+        "models": {"esrgan": {"arch": "realesrgan",
+                              "weights": str(shared_dir / "weights" / "RealESRGAN_x4plus_anime_6B.pth")}},
         "worker": {"precision": precision},
     }, environ={})
     model_cache.clear()

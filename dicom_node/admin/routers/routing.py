@@ -89,8 +89,8 @@ def _modality_rules(cfg: SRNodeConfig) -> dict[str, dict[str, Any]]:
     that modality hit (dicom_node.routing.general_rule) and its model, or None, and the narrower
     rules that also name it."""
     named: list[str] = ["CT", "MR"]
-    for rule in cfg.routing:
-        wanted = rule.match.modality
+    for each in cfg.routing:
+        wanted = each.match.modality
         named += [m.upper() for m in ([wanted] if isinstance(wanted, str) else wanted or [])]
     out: dict[str, dict[str, Any]] = {}
     for modality in dict.fromkeys(named):
@@ -99,7 +99,7 @@ def _modality_rules(cfg: SRNodeConfig) -> dict[str, dict[str, Any]]:
         others = [rule_name(i, r) for i, r in enumerate(cfg.routing)
                   if i != index and r.match.modality is not None and modality in _upper(r.match.modality)]
         out[modality] = {
-            "rule_index": index, "rule": rule_name(index, rule) if rule else None,
+            "rule_index": index, "rule": rule_name(index, rule) if rule and index is not None else None,
             "match": _match_text(rule) if rule else None,
             "model": rule.model if rule else None, "scale": rule.scale if rule else None,
             "other_rules": others,

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import shutil
 from bisect import bisect_right
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import case, func, select
@@ -71,8 +71,8 @@ def stats(request: Request, _: Principal = Depends(require_read)) -> dict[str, A
         for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
             jobs[state.value] = n
         outbox = {s.value: 0 for s in OutboxState}
-        for state, n in session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)):
-            outbox[state.value] = n
+        for outbox_state, n in session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)):
+            outbox[outbox_state.value] = n
 
         def count(q: Any) -> int:
             return int(session.execute(q).scalar() or 0)
@@ -118,7 +118,7 @@ def disk_usage(storage_dir: Path) -> dict[str, int] | None:
 
 def _aware(value: datetime) -> datetime:
     # SQLite returns naive datetimes; every time in the index is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _per_bucket(times: list[datetime], start: datetime, bucket_s: int, n: int) -> list[int]:
@@ -156,10 +156,13 @@ def stats_history(
     start = now - timedelta(seconds=n * step)
     ends = [start + timedelta(seconds=(k + 1) * step) for k in range(n)]
     with ctx_of(request).sessions() as session:
-        done = list(session.scalars(select(Job.finished_at).where(Job.finished_at >= start)))
-        received = list(session.scalars(select(Instance.received_at).join(Series)
-                                        .where(Series.derived_from_job.is_(None), Instance.received_at >= start)))
-        delivered = list(session.scalars(select(Outbox.delivered_at).where(Outbox.delivered_at >= start)))
+        done = cast(list[datetime], list(session.scalars(select(Job.finished_at).where(Job.finished_at >= start))))
+        # `>= start` leaves out NULL times.
+        received = cast(list[datetime], list(session.scalars(
+            select(Instance.received_at).join(Series)
+            .where(Series.derived_from_job.is_(None), Instance.received_at >= start))))
+        delivered = cast(list[datetime], list(session.scalars(
+            select(Outbox.delivered_at).where(Outbox.delivered_at >= start))))
         jobs_open = session.execute(select(Job.created_at, Job.finished_at).where(
             (Job.finished_at.is_(None)) | (Job.finished_at >= start))).all()
         # Rows that gave up (state failed) record no time; they count as waiting until now.

@@ -1,6 +1,8 @@
 """Alembic environment: migrates the index database named by the caller's configuration."""
 from __future__ import annotations
 
+from typing import cast
+
 from alembic import context
 
 from dicom_node.index.db import make_engine
@@ -24,7 +26,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    engine = make_engine(cast(str, config.get_main_option("sqlalchemy.url")))  # set by dicom_node.index.migrate
     try:
         with engine.connect() as conn:
             context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)

@@ -1,14 +1,13 @@
 """initial index schema
 
 Revision ID: 0001_initial
-Revises: 
+Revises:
 Create Date: 2026-11-30 00:09:21.171106
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = '0001_initial'
 down_revision = None
@@ -78,7 +77,8 @@ def upgrade() -> None:
     sa.Column('series_description', sa.String(length=64), nullable=False),
     sa.Column('body_part', sa.String(length=64), nullable=False),
     sa.Column('calling_ae', sa.String(length=16), nullable=False),
-    sa.Column('state', sa.Enum('receiving', 'stable', 'routed', name='seriesstate', native_enum=False, length=16), nullable=False),
+    sa.Column('state', sa.Enum('receiving', 'stable', 'routed', name='seriesstate', native_enum=False, length=16),
+              nullable=False),
     sa.Column('first_received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('last_received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('stable_at', sa.DateTime(timezone=True), nullable=True),
@@ -132,7 +132,8 @@ def upgrade() -> None:
     sa.Column('scale', sa.Integer(), nullable=False),
     sa.Column('priority', sa.String(length=16), nullable=False),
     sa.Column('destinations', sa.Text(), nullable=False),
-    sa.Column('state', sa.Enum('queued', 'running', 'done', 'failed', 'cancelled', name='jobstate', native_enum=False, length=16), nullable=False),
+    sa.Column('state', sa.Enum('queued', 'running', 'done', 'failed', 'cancelled', name='jobstate', native_enum=False,
+                               length=16), nullable=False),
     sa.Column('progress_done', sa.Integer(), nullable=False),
     sa.Column('progress_total', sa.Integer(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
@@ -156,7 +157,8 @@ def upgrade() -> None:
     sa.Column('instance_pk', sa.Integer(), nullable=False),
     sa.Column('destination', sa.String(length=64), nullable=False),
     sa.Column('job_pk', sa.Integer(), nullable=True),
-    sa.Column('state', sa.Enum('pending', 'delivered', 'failed', name='outboxstate', native_enum=False, length=16), nullable=False),
+    sa.Column('state', sa.Enum('pending', 'delivered', 'failed', name='outboxstate', native_enum=False, length=16),
+              nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=False),
