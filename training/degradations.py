@@ -73,7 +73,8 @@ def with_overrides(base: DegradationConfig, overrides: Mapping[str, Any]) -> Deg
     problem = degradation_problem(overrides)
     if problem:
         raise ValueError(f"degradation_overrides: {problem}")
-    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return replace(base, **changes)
 
 
 def degradation_problem(overrides: Mapping[str, Any]) -> str | None:

@@ -264,7 +264,8 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
         "name": name, "arch": preset["arch"], "spandrel_arch": str(descriptor.architecture.id),
         "scale": descriptor.scale,
         "parameters": sum(p.numel() for p in descriptor.model.parameters()),
-        "weights": out.name, "exported_from": f"{weights}.pt", "weights_dtype": "float16" if fp16 else "float32", "sha256": sha,
+        "weights": out.name, "exported_from": f"{weights}.pt", "weights_dtype": "float16" if fp16 else "float32",
+        "sha256": sha,
         "init": Path(meta["init"]).name if meta.get("init") else None,
         "init_sha256": file_sha256(meta["init"]) if meta.get("init") and Path(meta["init"]).exists() else None,
         "steps": int(last.get("step", preset["steps"])), "preset": preset, "milestones": milestones,
@@ -289,7 +290,8 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
     return card
 
 
-def interpolate_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def interpolate_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                        alpha: float) -> dict[str, torch.Tensor]:
     """(1 - alpha) * a + alpha * b per tensor: ESRGAN's network interpolation.
 
     Why: two fine-tunes of one model that sit on either side of a trade-off (here: noise kept vs

@@ -47,7 +47,7 @@ class Preset:
     log_every: int = 100
     seed: int = 0
 
-    def with_overrides(self, **overrides: Any) -> "Preset":
+    def with_overrides(self, **overrides: Any) -> Preset:
         """A copy with the given fields replaced (None values are ignored)."""
         known = set(asdict(self))
         unknown = set(overrides) - known

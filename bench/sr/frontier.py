@@ -73,7 +73,7 @@ def seconds_per_slice(name: str, config: Path, size: int, repeats: int, threads:
 
     torch.set_num_threads(threads)
     cfg = load_config(config)
-    model = registry.load(registry.resolve(name, cfg.models), device="cpu", tile=0)
+    model = registry.load(registry.resolve(name, cfg.models), device="cpu", tile=None)  # untiled
     hu = np.random.default_rng(0).normal(40, 20, size=(1, size, size)).astype(np.float32)
     mapping = model.mapping("CT")
     model.upscale(hu, mapping)  # warm-up: first-call allocations and kernel choice
@@ -145,14 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(yaml.safe_dump({"models": models}), encoding="utf-8")
         names = [*BUILTINS, *models]
         points: dict[str, dict[str, Any]] = {}
+        speed: dict[str, float] = {}  # per architecture: the weights do not change the time
         native = native_ratios([n for n in names if n != "lanczos"], config, args.native_slices,
                                args.native_crop, args.threads, work)
         for name in names:
             q = psnr_at_128(name, config, args.test_slices, args.threads, work)
             n = native.get(name, {}) if name != "lanczos" else {}
+            arch = models.get(name, {}).get("arch", name)
+            if arch not in speed:
+                speed[arch] = seconds_per_slice(name, config, args.size, args.repeats, args.threads)
             points[name] = {
                 "psnr": q["psnr"], "ssim": q["ssim"], "psnr_gain": q["psnr"] - q["bicubic_psnr"],
-                "s_per_slice": seconds_per_slice(name, config, args.size, args.repeats, args.threads),
+                "s_per_slice": speed[arch],
                 "noise": 1.0 if name == "lanczos" else n.get("noise_ratio", {}).get("median"),
                 "edge": 1.0 if name == "lanczos" else n.get("edge_ratio", {}).get("median"),
                 "description": models.get(name, {}).get("description", "built-in"),

@@ -15,7 +15,6 @@ from sr_engine.archs import file_sha256
 from sr_engine.evaluate import Slice, evaluate_slices, summarize
 from sr_engine.intensity import CT_MAPPING, modality_values
 
-
 SHIPPED = ("ct-compact", "ct-realesrgan-anime6b")
 
 
