@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 # Default budget: half the memory this process may use (cgroup limit or RAM), at most this much.
-# 4 GiB holds a whole 512² slice of the RRDB-6 model (bench/sr/memory.py, BENCHMARKS.md) next to
-# torch's ~1 GiB of libraries; bigger inputs are tiled to fit instead of growing.
+# 4 GiB holds chunks of 4 whole 512² slices of the fast CT model (peak 1.7 GiB) and 2 of 1024²
+# (2.5 GiB) next to torch's ~1 GiB of libraries (BENCHMARKS.md, "Memory"); bigger inputs or
+# heavier models are tiled to fit instead of growing.
 DEFAULT_BUDGET_CAP_MB = 4096
 DEFAULT_BUDGET_SHARE = 0.5
 MIN_BUDGET_MB = 1024

@@ -37,9 +37,10 @@ def get_model(cfg: SRNodeConfig, name: str, device: str) -> registry.LoadedModel
             w = cfg.worker
             # held_slices: the job's writer thread keeps one chunk (batch_size upscaled slices)
             # while the next chunk is inferred (workers/process.py), so the plan leaves room for it.
-            _CACHE[key] = registry.load(spec, device, tile=w.tile_size or None, overlap=w.tile_overlap, batch=w.batch_size,
-                                         precision=w.precision, max_memory_mb=memory_budget_mb(cfg),
-                                         held_slices=w.batch_size, concurrent=_CONCURRENT or w.concurrency)
+            _CACHE[key] = registry.load(spec, device, tile=w.tile_size or None, overlap=w.tile_overlap,
+                                         batch=w.batch_size, precision=w.precision,
+                                         max_memory_mb=memory_budget_mb(cfg), held_slices=w.batch_size,
+                                         concurrent=_CONCURRENT or w.concurrency)
             log.info("loaded model %s on %s (sha256 %s)", name, device, _CACHE[key].checkpoint_sha256[:12])
         return _CACHE[key]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from pathlib import Path
 
@@ -117,7 +117,7 @@ class SliceErrors:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -171,7 +171,7 @@ class Heartbeat:
             except Exception:  # noqa: BLE001 - a missed beat is only a missed beat
                 log.debug("heartbeat for job #%d failed", self.job_id, exc_info=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -210,7 +210,7 @@ def _mapping(model, modality: str, files: list[Path]):  # type: ignore[no-untype
                 last = exc
         if not sample:
             assert last is not None
-            raise last
+            raise last from None  # the slice's own error, not "this mapping needs values"
         # Concatenated, not stacked: a slice of another size must not break the sample.
         return model.mapping(modality, np.concatenate(sample))
 
@@ -278,8 +278,9 @@ def _load_context(cfg: SRNodeConfig, factory: sessionmaker[Session], job_id: int
         series = session.get(Series, job.series_pk)
         assert series is not None
         queued_s = ((job.started_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
-        return JobContext(job_id, series.id, _sources(session, series.id), [d for d in job.destinations.split(",") if d],
-                          queued_s, job.model, job.checkpoint_sha256, job.scale, series.modality, series.series_uid,
+        destinations = [d for d in job.destinations.split(",") if d]
+        return JobContext(job_id, series.id, _sources(session, series.id), destinations, queued_s, job.model,
+                          job.checkpoint_sha256, job.scale, series.modality, series.series_uid,
                           job.attempts, job.out_of_attempts(cfg.worker.max_retries))
 
 

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
 import yaml
 from pydicom.uid import generate_uid
+
+if TYPE_CHECKING:
+    from sr_engine.registry import LoadedModel
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SRNODE_SHARED_DIR", REPO.parent / "shared")).resolve()
@@ -70,7 +73,7 @@ def model_entries(model_dir: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def load_model_dir(model_dir: Path, **options: Any):
+def load_model_dir(model_dir: Path, **options: Any) -> LoadedModel:
     """The first model of a folder's registry.yaml, loaded with sha256 check (`options`: Upscaler's)."""
     from config.schema import ModelEntry
     from sr_engine import registry
@@ -136,7 +139,7 @@ def build_series(out_dir: Path, slices: int, size: int | None = None, roots: Seq
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     written: list[Path] = []
     for k in range(slices):
-        ds = pydicom.dcmread(sources[k % len(sources)])
+        ds: pydicom.Dataset = pydicom.dcmread(sources[k % len(sources)])
         if size is not None:
             ds = resampled(ds, size)
         ds.PatientID, ds.PatientName = "SRBENCH", "Bench^Series"
@@ -156,8 +159,8 @@ def build_series(out_dir: Path, slices: int, size: int | None = None, roots: Seq
 
 def run_child(args: list[str], timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `python -m ...args` in a fresh process; its last stdout line is a JSON object."""
-    done = subprocess.run([sys.executable, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run([sys.executable, *args], check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout_s, env={**os.environ, **(env or {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"child {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")

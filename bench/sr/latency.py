@@ -35,8 +35,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sr_engine.archs import count_parameters, create_model, load_checkpoint, load_state_dict, state_dict_for_export  # noqa: E402
-from sr_engine.interpolate import Bicubic  # noqa: E402
 from sr_engine.intensity import CT_MAPPING, modality_values  # noqa: E402
+from sr_engine.interpolate import Bicubic  # noqa: E402
 from sr_engine.metrics import degrade, psnr  # noqa: E402
 from sr_engine.upscale import Upscaler  # noqa: E402
 
@@ -171,8 +171,10 @@ def bench_model(arch: str, size: int, variants: list[str], reps: int, tile: int,
         "speedup_vs_naive": {k: med["naive"] / v for k, v in med.items() if k != "naive"},
         # PSNR of each variant's output against the naive fp32 output, in the unit range and in HU (4095).
         "psnr_vs_naive_db": {k: psnr(outputs[k], outputs["naive"], 1.0).item() for k in outputs if k != "naive"},
-        "max_abs_diff_hu": {k: (outputs[k] - outputs["naive"]).abs().max().item() * 4095 for k in outputs if k != "naive"},
-        "mean_abs_diff_hu": {k: (outputs[k] - outputs["naive"]).abs().mean().item() * 4095 for k in outputs if k != "naive"},
+        "max_abs_diff_hu": {k: (outputs[k] - outputs["naive"]).abs().max().item() * 4095
+                            for k in outputs if k != "naive"},
+        "mean_abs_diff_hu": {k: (outputs[k] - outputs["naive"]).abs().mean().item() * 4095
+                             for k in outputs if k != "naive"},
     }
     paper = PAPER_GPU_S.get(arch)
     if paper:
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="bicubic and DPSR at 32², one repetition, no JSON: a quick check that it runs")
     args = p.parse_args(argv)
     if args.smoke:
-        args.models, args.sizes, args.variants, args.reps, args.json = ["bicubic", "dpsr"], [32], ["naive", "fast"], 1, None
+        args.models, args.sizes, args.variants = ["bicubic", "dpsr"], [32], ["naive", "fast"]
+        args.reps, args.json = 1, None
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []

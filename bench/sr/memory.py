@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['after_release_mb']:.0f}"] for r in rows])
     print(table)
     if args.json:
-        write_results(args.json, {"command": " ".join(["python -m bench.sr.memory", *(argv if argv is not None else sys.argv[1:])]),
-                                  "machine": platform.processor() or platform.machine(),
+        command = " ".join(["python -m bench.sr.memory", *(argv if argv is not None else sys.argv[1:])])
+        write_results(args.json, {"command": command, "machine": platform.processor() or platform.machine(),
                                   "default_budget_mb": default_budget_mb(), "rows": rows}, table)
     if args.plot:
         _plot(rows, args.plot)

@@ -65,7 +65,8 @@ def plot_evaluate(file: Path, out: Path) -> Path:
     doc = json.loads(file.read_text())
     model = doc["model"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, title in ((axes[0], "psnr_hu", "PSNR, HU [-1024, 3071]"), (axes[1], "psnr_win", "PSNR, window [-160, 240]")):
+    panels = ((axes[0], "psnr_hu", "PSNR, HU [-1024, 3071]"), (axes[1], "psnr_win", "PSNR, window [-160, 240]"))
+    for ax, metric, title in panels:
         b = [s["bicubic"][metric] for s in doc["slices"]]
         m = [s[model][metric] for s in doc["slices"]]
         ax.scatter(b, m, s=12)

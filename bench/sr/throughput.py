@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for f in files:
             result = store_dataset(factory, Path(cfg.node.storage_dir), pydicom.dcmread(f), sender_ae="SCANNER")
         with factory() as s:
-            s.get(Series, result.series_pk).state = SeriesState.stable
+            series = s.get(Series, result.series_pk)
+            assert series is not None
+            series.state = SeriesState.stable
             s.commit()
         shutil.rmtree(work / "series")
         (job_id,) = route_series(cfg, factory, result.series_pk)
@@ -151,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampler.join()
         with factory() as s:
             job = s.get(Job, job_id)
+            assert job is not None
             timings = json.loads(job.timings or "{}")
             derived = job.progress_done
         engine.dispose()

@@ -8,17 +8,16 @@ Every UID is deterministic (`dicom_node.derive.uids`), so rewriting after a retr
 from __future__ import annotations
 
 import copy
-from importlib import metadata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.valuerep import format_number_as_ds
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -28,6 +27,7 @@ from pydicom.uid import (
     MRImageStorage,
     RLELossless,
 )
+from pydicom.valuerep import format_number_as_ds
 
 from config.schema import SRNodeConfig
 from dicom_node.derive.geometry import scaled_image_position, scaled_pixel_spacing
@@ -89,7 +89,7 @@ class Derivation:
     transfer_syntax: str = "explicit_le"
 
     @classmethod
-    def from_config(cls, cfg: SRNodeConfig, model: str, checkpoint_sha256: str, scale: int) -> "Derivation":
+    def from_config(cls, cfg: SRNodeConfig, model: str, checkpoint_sha256: str, scale: int) -> Derivation:
         """The derivation a job of `model` makes under this node's output settings."""
         return cls(
             model=model, checkpoint_sha256=checkpoint_sha256, scale=scale, node_ae=cfg.node.ae_title,

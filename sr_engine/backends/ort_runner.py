@@ -20,8 +20,9 @@ def export_onnx(module: torch.nn.Module, channels: int, size: int = 64) -> bytes
         # The TorchScript exporter warns about its deprecation and about traced shape arithmetic;
         # the export is checked against eager output in tests/sr_engine/test_backends.py.
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (example,), buf, dynamo=False, opset_version=17,
+        torch.onnx.export(  # torch's stub names paths only; the exporter writes to a file object too
+            module, (example,), buf,  # type: ignore[arg-type]
+            dynamo=False, opset_version=17,
             input_names=[_IN], output_names=[_OUT], dynamic_axes=_DYNAMIC,
         )
     return buf.getvalue()
