@@ -11,6 +11,11 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from config.schema import SRNodeConfig
 
 # Modules that contribute subcommands, in help order. Each defines
 #   register(subparsers: argparse._SubParsersAction) -> None
@@ -27,9 +32,18 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+def load_node_config(path: str | Path) -> SRNodeConfig:
+    """Read a node YAML (imported on use: `srnode --help` stays cheap)."""
+    from config.loader import load_config
+
+    return load_config(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnode", description="DICOM super-resolution node")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Commands of packages below config (the SR engine's `--config`) read the YAML through this.
+    parser.set_defaults(load_config=load_node_config)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

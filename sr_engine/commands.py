@@ -39,12 +39,19 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     return run
 
 
+def _node_config(args: argparse.Namespace) -> Any:
+    """The node YAML of `--config`, read by the function the CLI assembly hands every command
+    (`args.load_config`, dicom_node/cli.py): the engine reads configs without importing them."""
+    reader = getattr(args, "load_config", None)
+    if reader is None:
+        raise ValueError("--config is read by the srnode command line (args.load_config is not set)")
+    return reader(args.config)
+
+
 def _models_config(args: argparse.Namespace) -> dict[str, ModelEntry]:
     if not getattr(args, "config", None):
         return {}
-    from config.loader import load_config
-
-    return load_config(args.config).models
+    return dict(_node_config(args).models)
 
 
 def _spec(args: argparse.Namespace, name: str | None = None) -> registry.ModelSpec:
@@ -72,9 +79,7 @@ def _memory_budget(args: argparse.Namespace) -> int | None:
 
     budget = getattr(args, "max_memory_mb", None)
     if budget is None and getattr(args, "config", None):
-        from config.loader import load_config
-
-        budget = load_config(args.config).worker.max_memory_mb
+        budget = _node_config(args).worker.max_memory_mb
     if budget == 0:
         return None
     return budget or default_budget_mb()

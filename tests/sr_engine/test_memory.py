@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from config.loader import parse_config
 from config.schema import WorkerConfig
+from dicom_node.cli import load_node_config
 from sr_engine import memory
 from sr_engine.archs import create_model, load_state_dict, state_dict_for_export
 from sr_engine.commands import _memory_budget
@@ -195,7 +196,8 @@ def test_worker_budget_reaches_the_loaded_model(tmp_path: Path, monkeypatch) -> 
 def test_sr_command_budget_precedence(tmp_path: Path) -> None:
     config = tmp_path / "node.yaml"
     config.write_text("worker: {max_memory_mb: 1536}\n", encoding="utf-8")
-    assert _memory_budget(argparse.Namespace(max_memory_mb=2500, config=str(config))) == 2500
-    assert _memory_budget(argparse.Namespace(max_memory_mb=None, config=str(config))) == 1536
+    read = load_node_config  # what the srnode CLI hands every command
+    assert _memory_budget(argparse.Namespace(max_memory_mb=2500, config=str(config), load_config=read)) == 2500
+    assert _memory_budget(argparse.Namespace(max_memory_mb=None, config=str(config), load_config=read)) == 1536
     assert _memory_budget(argparse.Namespace(max_memory_mb=None, config=None)) == memory.default_budget_mb()
     assert _memory_budget(argparse.Namespace(max_memory_mb=0, config=None)) is None  # planning off
