@@ -112,7 +112,8 @@ def test_study_two_readers_rank_every_case_results_match(
             page = ctx.new_page()
             page.on("pageerror", lambda exc: js_errors.append(f"reader: {exc}"))
             responses = []
-            page.on("response", responses.append)
+            # A lambda, not `responses.append`: Playwright cannot wrap a builtin method as a handler.
+            page.on("response", lambda resp, responses=responses: responses.append(resp))
             page.goto(base_url + "/reading.html")
             page.get_by_test_id("reader-token").fill(token)
             page.get_by_test_id("reader-login").click()
