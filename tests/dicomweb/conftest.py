@@ -3,7 +3,6 @@ real Orthanc with its DICOMweb plugin: Orthanc is the node's DICOMweb destinatio
 and, through its plugin's `servers`, a DICOMweb client of the node."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from config.loader import parse_config
 from dicom_node.index.models import Job, JobState, Series
 from dicom_node.server import NodeServer
 from tests.conftest import free_port
+from tests.faults.harness import wait_until
 from tests.orthanc import Orthanc
 
 ADMIN = "dw-admin-token-0123456789"
@@ -44,13 +44,7 @@ class Site:
         return DICOMwebClient(url=self.url, headers=auth(token))
 
     def wait(self, what: Callable[[], Any], timeout_s: float = 120, step_s: float = 0.25) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = what()
-            if value:
-                return value
-            time.sleep(step_s)
-        raise AssertionError(f"still false after {timeout_s} s: {what}")
+        return wait_until(what, timeout_s, str(what), every_s=step_s)
 
     def finished_job(self, source_series_uid: str, timeout_s: float = 180) -> Job:
         def done() -> Job | None:
