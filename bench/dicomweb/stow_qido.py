@@ -43,6 +43,8 @@ from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import generate_uid
 
+from bench.qr.find_bench import Timing  # one latency record (median, p95) for both Q/R benches
+
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "bench-dicomweb-token-0123456789"
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -241,20 +243,6 @@ def run_stow(workdir: Path, count: int, batch: int, runs: int,
 
 
 # --- QIDO-RS ------------------------------------------------------------------------------------
-@dataclass
-class QidoTiming:
-    server: str
-    query: str
-    results: int = 0
-    ms: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.ms)
-
-    @property
-    def p95(self) -> float:
-        return sorted(self.ms)[max(0, int(round(0.95 * len(self.ms))) - 1)]
 
 
 def qido_queries(patients: int) -> dict[str, str]:
@@ -283,7 +271,7 @@ def _time_qido(server: Server, path: str) -> tuple[float, int]:
     return ms, len(json.loads(raw)) if raw.strip() else 0
 
 
-def run_qido(workdir: Path, patients: int, repeats: int) -> list[QidoTiming]:
+def run_qido(workdir: Path, patients: int, repeats: int) -> list[Timing]:
     from bench.qr.find_bench import fill_orthanc, fill_srnode_index
 
     node, srnode = start_node(workdir / "qido-srnode")
@@ -291,9 +279,9 @@ def run_qido(workdir: Path, patients: int, repeats: int) -> list[QidoTiming]:
     try:
         fill_srnode_index(node, patients, 25)
         fill_orthanc(orthanc, patients, 25)
-        timings: list[QidoTiming] = []
+        timings: list[Timing] = []
         for name, path in qido_queries(patients).items():
-            per = {s.name: QidoTiming(s.name, name) for s in (srnode, orthanc_web)}
+            per = {s.name: Timing(s.name, name) for s in (srnode, orthanc_web)}
             for server in (srnode, orthanc_web):
                 _time_qido(server, path)  # warm-up (connection, caches, first-query plans)
             for _ in range(repeats):
@@ -313,7 +301,7 @@ def run_qido(workdir: Path, patients: int, repeats: int) -> list[QidoTiming]:
 
 
 # --- report -------------------------------------------------------------------------------------
-def markdown(stow: list[StowResult], wado: list[StowResult], qido: list[QidoTiming], instances: int) -> str:
+def markdown(stow: list[StowResult], wado: list[StowResult], qido: list[Timing], instances: int) -> str:
     """The tables for BENCHMARKS.md."""
     lines: list[str] = []
     for what, rows in (("STOW-RS", stow), ("WADO-RS", wado)):
@@ -332,7 +320,7 @@ def markdown(stow: list[StowResult], wado: list[StowResult], qido: list[QidoTimi
         lines += [f"QIDO-RS latency, index of {instances} instances (ms, request sent to body read):", "",
                   "| query | results srnode / Orthanc | srnode median / p95 | Orthanc median / p95 |",
                   "|---|---|---|---|"]
-        by_query: dict[str, dict[str, QidoTiming]] = {}
+        by_query: dict[str, dict[str, Timing]] = {}
         for t in qido:
             by_query.setdefault(t.query, {})[t.server] = t
         for query, per in by_query.items():
@@ -369,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_results(args: argparse.Namespace, stow: list[StowResult], wado: list[StowResult],
-                  qido: list[QidoTiming]) -> None:
+                  qido: list[Timing]) -> None:
     """results[-only].md and .json under args.out; the table is printed too."""
     instances = args.qido_patients * 8 * 25
     table = markdown(stow, wado, qido, instances)
