@@ -30,6 +30,7 @@ from config.loader import parse_config
 from config.schema import SRNodeConfig
 from dicom_node.ae import build_ae, tls_context
 from dicom_node.assembly import Assembler, StableHook
+from dicom_node.dimse import pynetdicom_adapter
 from dicom_node.group_commit import close_committer
 from dicom_node.handlers import NodeContext, collect
 from dicom_node.index.db import make_engine, session_factory
@@ -95,6 +96,7 @@ class NodeServer:
 
     def start(self) -> None:
         """Migrate the index, import the services, start listening, then services and assembly."""
+        pynetdicom_adapter.check_version()  # refuse to start on a pynetdicom the adapter was not tested with
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if not self.listener_only:
             upgrade(self.cfg.node.database_url, self.engine)

@@ -101,9 +101,9 @@ def main() -> None:
                         help="for comparison: wait for C-STORE-RSPs through pynetdicom's DUL thread")
     args = parser.parse_args()
     if args.dul_responses:
-        from dicom_node.qr import fast_store
+        from dicom_node.dimse import pynetdicom_adapter
 
-        fast_store._take_reading = lambda assoc: None
+        pynetdicom_adapter.read_on_caller_thread = lambda assoc: None
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     instances = args.patients * 8 * args.per_series

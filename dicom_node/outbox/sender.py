@@ -4,7 +4,7 @@ worker threads, each with its own association and its own share of the rows; bac
 Destinations are drained concurrently, so a peer that is down (connect timeouts) never holds up
 the others; a failed attempt only moves that row's next_attempt_at forward. The associations of one
 destination take disjoint rows (row id modulo their count, see queue.due_items), so no row is ever
-sent twice at once. Each instance goes out as its stored file's bytes (dicom_node.qr.fast_store:
+sent twice at once. Each instance goes out as its stored file's bytes (dicom_node.dimse.fast_store:
 no decode and re-encode, one socket write) while the next file is read, and delivered rows are
 marked in one commit per DELIVERED_COMMIT_ROWS rows or DELIVERED_COMMIT_S seconds (measured:
 BENCHMARKS.md, "Outbox"). A crash between a delivery and its commit sends that instance again
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import AnyPeer, DicomwebPeerConfig, PeerConfig, SRNodeConfig
 from dicom_node.ae import NODELAY
+from dicom_node.dimse.fast_store import StoredFile, install, read_ahead
 from dicom_node.index.db import session_scope
 from dicom_node.outbox.confirm import instances_at_peer
 from dicom_node.outbox.queue import (
@@ -40,7 +41,6 @@ from dicom_node.outbox.queue import (
 )
 from dicom_node.outbox.stow import StowClient, StowUnavailable
 from dicom_node.polling import PollingThread
-from dicom_node.qr.fast_store import StoredFile, install, read_ahead
 from dicom_node.storage import resolve_in
 
 log = logging.getLogger(__name__)

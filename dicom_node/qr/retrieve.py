@@ -13,9 +13,9 @@ from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicom_node.dimse.fast_store import StoredFile
 from dicom_node.index.models import Instance, Series
 from dicom_node.qr.attributes import ATTRIBUTES, Level
-from dicom_node.qr.fast_store import StoredFile
 from dicom_node.qr.matching import AnyOf, Exact
 from dicom_node.qr.on_demand import OnDemandProvider, ProducedInstance, VirtualSeries
 from dicom_node.qr.query import Query, select_rows

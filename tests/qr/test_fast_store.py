@@ -8,7 +8,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicom_node.qr.fast_store import c_store_rq_command
+from dicom_node.dimse.fast_store import c_store_rq_command
 
 
 @pytest.mark.parametrize(("aet", "orig_id"), [(None, None), ("MOVER", 7), ("ODDAE", 65535)])

@@ -12,14 +12,16 @@ accepted for its SOP class, the instance is read with pydicom and handed to pyne
 decompressed first if the peer accepted only uncompressed syntaxes.
 
 `install(assoc)` replaces `send_c_store` on one Association object (a sub-association opened for
-a C-MOVE, or the requester's association of a C-GET); pynetdicom's C-MOVE/C-GET SCP then calls it
-for every `StoredFile` the Q/R handler yields. Written against pynetdicom 3.0.4 (pinned).
+a C-MOVE, the requester's association of a C-GET, or an outbox association); pynetdicom's
+C-MOVE/C-GET SCP then calls it for every `StoredFile` the Q/R handler yields, the outbox sender for
+every row it delivers. What this needs of pynetdicom's internals (the raw socket, the paused
+reactor, responses read on this thread, the method replaced) is in
+dicom_node.dimse.pynetdicom_adapter, with its version guard; the PDUs framed here are PS3.8's.
 """
 from __future__ import annotations
 
 import logging
 import struct
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +31,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import split_dataset
+
+from dicom_node.dimse import pynetdicom_adapter
 
 log = logging.getLogger("srnode.qr")
 
@@ -162,56 +166,6 @@ def _read(ds: StoredFile) -> memoryview:
         raise
 
 
-def _pause_reactor(assoc: Any) -> None:
-    """Keep the association's own reactor thread off the DIMSE queue while we wait for responses.
-
-    Requester side (C-MOVE sub-association): the reactor is paused once and left paused, since
-    only our C-STOREs use that association (release() and kill() resume it). Resuming it
-    between instances, as Association.send_c_store does, races: the reactor may take the next
-    C-STORE-RSP before the stale "paused" flag is updated. Acceptor side (C-GET): the handler
-    runs on the reactor thread itself, which pynetdicom has already marked paused.
-    """
-    if assoc.is_requestor and assoc._reactor_checkpoint.is_set():
-        assoc._reactor_checkpoint.clear()
-        time.sleep(0.005)  # one reactor loop (1 ms sleep) to notice the cleared checkpoint
-        while not assoc._is_paused:
-            time.sleep(0.0001)
-
-
-def _take_reading(assoc: Any) -> None:
-    """C-MOVE sub-association: read C-STORE-RSPs on this thread instead of via pynetdicom's DUL thread.
-
-    Waiting for each response through the DUL thread (poll, decode, queue, wake us) cost more
-    than sending the instance. Only C-STORE-RSPs arrive on a sub-association, so once it is
-    established the DUL thread is told there is never anything to read, and `release()` or
-    `abort()` give the socket back before pynetdicom negotiates the end of the association.
-    """
-    if getattr(assoc, "_srnode_reads", False) or not assoc.is_requestor:
-        return
-    dul = assoc.dul
-    dul._is_transport_event = lambda: False  # shadows the method the DUL loop calls
-    delay, dul._run_loop_delay = dul._run_loop_delay, 0.01  # nothing for it to do meanwhile
-    time.sleep(0.002)  # let a loop iteration already inside the real method finish
-    assoc._srnode_reads = True
-    release, abort = assoc.release, assoc.abort
-
-    def give_back() -> None:
-        if assoc._srnode_reads:
-            del dul._is_transport_event
-            dul._run_loop_delay = delay
-            assoc._srnode_reads = False
-
-    def release_() -> None:
-        give_back()
-        release()
-
-    def abort_() -> None:
-        give_back()
-        abort()
-
-    assoc.release, assoc.abort = release_, abort_
-
-
 def _recv_exact(sock: Any, n: int) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
@@ -245,7 +199,7 @@ def status_from_command(command: bytes | bytearray) -> Dataset:
 
 def _read_response(assoc: Any) -> Dataset:
     """Read P-DATA-TF PDUs until the last command fragment; return the response's status."""
-    sock = assoc.dul.socket.socket
+    sock = pynetdicom_adapter.raw_socket(assoc)
     previous = sock.gettimeout()
     sock.settimeout(assoc.dimse_timeout)
     command = bytearray()
@@ -262,7 +216,7 @@ def _read_response(assoc: Any) -> Dataset:
                 if control & 0x01:  # command fragment; a C-STORE-RSP has no data set
                     command += body[pos + 6:pos + 4 + item_length]
                     if control & 0x02:
-                        assoc.dul._idle_timer.restart()
+                        pynetdicom_adapter.restart_idle_timer(assoc)
                         return status_from_command(command)
                 pos += 4 + item_length
     except (OSError, ValueError) as exc:
@@ -279,20 +233,17 @@ def _send_file(assoc: Any, cx: Any, ds: StoredFile, msg_id: int, priority: int,
     if not assoc.is_established:
         raise ConnectionError("the association to the destination is gone")
     body = _read(ds)
-    max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
+    max_pdu = pynetdicom_adapter.maximum_pdu_size(assoc)
     buffers: list[bytes | memoryview] = [_command(cx.context_id, ds, max_pdu, msg_id, priority, originator_aet,
                                                   originator_id)]
     buffers += _frames(cx.context_id, body, max_pdu)
-    _pause_reactor(assoc)
-    _take_reading(assoc)
-    _send_buffers(assoc.dul.socket.socket, buffers)
-    if getattr(assoc, "_srnode_reads", False):
+    pynetdicom_adapter.pause_reactor(assoc)
+    pynetdicom_adapter.read_on_caller_thread(assoc)
+    _send_buffers(pynetdicom_adapter.raw_socket(assoc), buffers)
+    if pynetdicom_adapter.reads_on_caller_thread(assoc):
         return _read_response(assoc)
-    _, rsp = assoc.dimse.get_msg(block=True)  # C-GET: the requester's DUL thread reads as usual
-    if rsp is None:
-        assoc._handle_no_response()
-        return Dataset()
-    return assoc._check_received_status(rsp)
+    # C-GET: the requester's DUL thread reads as usual
+    return pynetdicom_adapter.receive_response_status(assoc)
 
 
 def _as_dataset(assoc: Any, ds: StoredFile) -> Dataset:
@@ -315,19 +266,14 @@ def _as_dataset(assoc: Any, ds: StoredFile) -> Dataset:
 
 def install(assoc: Any) -> None:
     """Make `assoc.send_c_store` stream StoredFile items (other datasets go to pynetdicom as before)."""
-    if getattr(assoc, "_srnode_fast_store", False):
-        return
-    original = assoc.send_c_store
 
-    def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
-                     originator_id: int | None = None) -> Dataset:
+    def send_c_store(original: pynetdicom_adapter.SendCStore, dataset: Any, msg_id: int, priority: int,
+                     originator_aet: str | None, originator_id: int | None) -> Dataset:
         if isinstance(dataset, StoredFile):
             cx = _context_for(assoc, dataset.SOPClassUID, dataset.srnode_syntax)
             if cx is not None:
                 return _send_file(assoc, cx, dataset, msg_id, priority, originator_aet, originator_id)
             dataset = _as_dataset(assoc, dataset)
-        return original(dataset, msg_id=msg_id, priority=priority, originator_aet=originator_aet,
-                        originator_id=originator_id)
+        return original(dataset, msg_id, priority, originator_aet, originator_id)
 
-    assoc.send_c_store = send_c_store
-    assoc._srnode_fast_store = True
+    pynetdicom_adapter.wrap_send_c_store(assoc, send_c_store)
