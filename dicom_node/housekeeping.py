@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import HousekeepingConfig
 from dicom_node import metrics
+from dicom_node.clock import utcnow
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import (
     Audit,
@@ -55,10 +56,6 @@ CHECKPOINT_BUSY_MS = 250
 SQLITE_BUSY_MS = 30_000  # what index.db.make_engine sets (timeout=30), restored afterwards
 VACUUM_MIN_FREE_BYTES = 4 << 20  # below this a VACUUM gains nothing worth its write lock
 ENDED_JOB_STATES = (JobState.done, JobState.done_with_errors, JobState.failed, JobState.cancelled)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

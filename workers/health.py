@@ -27,8 +27,9 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
+from dicom_node.clock import utcnow
 from dicom_node.index.db import session_scope
-from dicom_node.index.models import Job, JobState, Worker, WorkerState, utcnow
+from dicom_node.index.models import Job, JobState, Worker, WorkerState
 from dicom_node.storage_identity import storage_problem
 
 log = logging.getLogger(__name__)

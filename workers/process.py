@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from itertools import chain
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from config.schema import SRNodeConfig
+from dicom_node.clock import utcnow
 from dicom_node.derive.writer import Derivation, derive_classic, derive_enhanced, encode
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Outbox, OutboxState, Series
@@ -114,10 +115,6 @@ class SliceErrors:
         more = len(self._failed) - len(items)
         return (f"{len(self._failed)} of {total} slice(s) not derived: " + "; ".join(items)
                 + (f"; and {more} more" if more > 0 else ""))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

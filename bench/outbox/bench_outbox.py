@@ -42,12 +42,13 @@ sys.path.insert(0, str(REPO))
 
 from config.loader import parse_config  # noqa: E402
 from config.schema import SendConfig  # noqa: E402
+from dicom_node.clock import utcnow  # noqa: E402
 from dicom_node.index.db import make_engine, session_factory, session_scope  # noqa: E402
 from dicom_node.index.migrate import upgrade  # noqa: E402
 from dicom_node.index.models import Outbox, OutboxState  # noqa: E402
 from dicom_node.ingest import store_datasets  # noqa: E402
 from dicom_node.outbox import sender as sender_module  # noqa: E402
-from dicom_node.outbox.queue import enqueue, utcnow  # noqa: E402
+from dicom_node.outbox.queue import enqueue  # noqa: E402
 from dicom_node.outbox.sender import OutboxSender  # noqa: E402
 
 SHARED = Path(os.environ.get("SRNODE_SHARED_DIR", REPO.parent / "shared")).resolve()

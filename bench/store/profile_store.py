@@ -48,15 +48,17 @@ def instrument() -> None:
 
     import dicom_node.group_commit as gc
     import dicom_node.handlers.store as store
-    import dicom_node.ingest as ingest
+    import dicom_node.ingest.files as ingest_files
+    import dicom_node.ingest.store as ingest_store
     import dicom_node.storage as storage
 
+    # Each name is wrapped where dicom_node.ingest's modules look it up.
     os.fsync = timed("os.fsync (all)", os.fsync)
-    storage.fsync_dir = ingest.fsync_dir = timed("fsync dir", storage.fsync_dir)
-    ingest.parse_header = timed("parse_header", ingest.parse_header)
-    ingest.atomic_write = timed("write file (tmp, rename, fsync)", ingest.atomic_write)
-    ingest._commit_with_retry = timed("index: own transaction", ingest._commit_with_retry)
-    ingest._index_known_series = timed("index: statements (in batch)", ingest._index_known_series)
+    storage.fsync_dir = ingest_files.fsync_dir = timed("fsync dir", storage.fsync_dir)
+    ingest_store.parse_header = timed("parse_header", ingest_store.parse_header)
+    ingest_files.atomic_write = timed("write file (tmp, rename, fsync)", ingest_files.atomic_write)
+    ingest_store._commit_with_retry = timed("index: own transaction", ingest_store._commit_with_retry)
+    ingest_store._index_known_series = timed("index: statements (in batch)", ingest_store._index_known_series)
     # Methods wrapped in place on purpose: the profile times the code the node really runs.
     gc.GroupCommitter.run = timed("index: group commit wait", gc.GroupCommitter.run)  # type: ignore[method-assign]
     gc.GroupCommitter._run_batch = timed(  # type: ignore[method-assign]

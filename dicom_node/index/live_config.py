@@ -85,7 +85,7 @@ def read_overrides(sessions: sessionmaker[Session], base: SRNodeConfig) -> list[
     for section in (s for s in MUTABLE_SECTIONS if s in newest):
         row = newest[section]
         recorded = then.get(_FILE_VALUE_KEY.format(section))
-        # SQLite hands back naive datetimes; they are UTC (index.models.utcnow).
+        # SQLite hands back naive datetimes; they are UTC (dicom_node.clock.utcnow).
         at = row.created_at.replace(tzinfo=UTC) if row.created_at and not row.created_at.tzinfo \
             else row.created_at
         out.append(Override(key=section, actor=row.actor, created_at=at,

@@ -12,7 +12,8 @@ from sqlalchemy import update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from dicom_node.index.models import Job, Outbox, OutboxState, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.index.models import Job, Outbox, OutboxState
 
 
 def quality_doc(text: str) -> dict[str, Any]:

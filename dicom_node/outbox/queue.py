@@ -18,11 +18,8 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from config.schema import SendConfig
+from dicom_node.clock import utcnow
 from dicom_node.index.models import FINISHED_STATES, Instance, Job, Outbox, OutboxState, Series, Study
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _aware(value: datetime) -> datetime:

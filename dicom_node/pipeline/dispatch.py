@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
 from dicom_node.broker import TASK_PROCESS_JOB, make_celery, queue_name
+from dicom_node.clock import utcnow
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import Job, JobState
 from dicom_node.polling import PollingThread
@@ -29,10 +30,6 @@ ACTIVE_STATES = (JobState.queued, JobState.running)
 # broker's one-hour visibility timeout. A broker restart or reconnect resends at once (BrokerWatch).
 TASK_LEASE_S = 600.0
 NODE_STARTED = "the node started"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Dispatcher:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import RoutingRule, SRNodeConfig
+from dicom_node.clock import utcnow
 from dicom_node.derive.uids import derived_series_uid
 from dicom_node.index.db import session_scope
 from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Series, SeriesState
@@ -25,10 +26,6 @@ from sr_engine.archs import CheckpointError, file_sha256
 from sr_engine.interpolate import INTERPOLATORS
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def series_facts(session: Session, series: Series) -> SeriesFacts:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.loader import deployment_warnings
 from config.schema import SRNodeConfig
 from dicom_node.broker import routed_models
+from dicom_node.clock import utcnow
 from dicom_node.index.models import unserved_jobs
 from dicom_node.outbox.sender import OutboxSender
 from dicom_node.pipeline.dispatch import Dispatcher
@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 # How often the node looks for queued jobs that no healthy worker consumes (a cheap query).
 POOL_CHECK_S = 10.0
 POOL_REPEAT_S = 300.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class PipelineService:

@@ -23,6 +23,7 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import RetentionConfig
+from dicom_node.clock import utcnow
 from dicom_node.index.models import (
     Audit,
     Instance,
@@ -31,7 +32,6 @@ from dicom_node.index.models import (
     Patient,
     Series,
     Study,
-    utcnow,
 )
 from dicom_node.retention import MIB
 from dicom_node.retention.eligibility import Candidate, aware, eligible_series

@@ -11,7 +11,8 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import RetentionConfig
-from dicom_node.index.models import Instance, NodeSetting, Series, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.index.models import Instance, NodeSetting, Series
 from dicom_node.retention import KINDS, MIB
 from dicom_node.retention.eligibility import eligible_series
 

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from dicom_node.admin.auth import Principal, require_admin, require_read
 from dicom_node.admin.context import ctx_of, log
 from dicom_node.admin.params import Offset, RowId
-from dicom_node.index.models import Audit, Job, JobState, Series, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.index.models import Audit, Job, JobState, Series
 from dicom_node.outbox.hold import quality_doc, release_held_job
 from dicom_node.outbox.queue import job_delivery
 

@@ -18,7 +18,8 @@ from sqlalchemy import text
 from dicom_node import metrics
 from dicom_node.admin.context import AdminContext, ctx_of
 from dicom_node.admin.routers.stats import index_snapshot
-from dicom_node.index.models import unserved_jobs, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.index.models import unserved_jobs
 from dicom_node.retention.usage import quota_refusal, recycled_bytes, usage_by_kind
 
 router = APIRouter(tags=["operations"])

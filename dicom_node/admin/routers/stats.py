@@ -13,7 +13,8 @@ from sqlalchemy import case, func, select
 
 from dicom_node.admin.auth import Principal, require_read
 from dicom_node.admin.context import ctx_of
-from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Outbox, OutboxState, Series, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.index.models import FINISHED_STATES, Instance, Job, JobState, Outbox, OutboxState, Series
 from dicom_node.metrics import IndexSnapshot
 
 router = APIRouter(tags=["dashboard"])

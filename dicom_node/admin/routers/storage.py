@@ -8,7 +8,8 @@ from sqlalchemy import select
 
 from dicom_node.admin.auth import Principal, require_admin, require_read
 from dicom_node.admin.context import ctx_of
-from dicom_node.index.models import Audit, Series, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.index.models import Audit, Series
 from dicom_node.retention.eligibility import eligible_series
 from dicom_node.retention.usage import storage_status
 

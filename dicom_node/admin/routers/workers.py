@@ -8,7 +8,8 @@ from sqlalchemy import select
 
 from dicom_node.admin.auth import Principal, require_read
 from dicom_node.admin.context import ctx_of
-from dicom_node.index.models import Worker, WorkerState, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.index.models import Worker, WorkerState
 
 router = APIRouter(tags=["workers"])
 
