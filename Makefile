@@ -8,7 +8,14 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps venv clean bench
+.PHONY: demo test lint system-deps venv viewer clean bench
+
+# OHIF Viewer (docs/dicomweb.md, "Viewer"): the built app of the npm package @ohif/app, pinned by
+# version and registry integrity, served by the node at /ohif. Fetched once, never at run time.
+OHIF_VERSION   := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_DIR       := vendor/ohif
+OHIF_STAMP     := $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +27,11 @@ $(STAMP): $(PY) setup.cfg
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+viewer: $(OHIF_STAMP)
+
+$(OHIF_STAMP):
+	deploy/fetch-ohif.sh $(OHIF_VERSION) $(OHIF_INTEGRITY) $(OHIF_DIR)
 
 # Debian packages the integration tests talk to (real DCMTK, Orthanc and its DICOMweb plugin,
 # dicom3tools' dciodvfy).
@@ -33,11 +45,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-test: $(STAMP) lint
+test: $(STAMP) $(OHIF_STAMP) lint
 	$(PY) -m pytest -q -ra
 
-demo: $(STAMP)
+demo: $(STAMP) $(OHIF_STAMP)
 	$(VENV)/bin/srnode demo
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build vendor *.egg-info

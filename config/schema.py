@@ -290,6 +290,9 @@ class DicomwebConfig(_Strict):
     cors_origins: list[str] = Field(default_factory=list)
     # One STOW-RS request body at most (MiB); a larger one is refused with 413 before it is stored.
     max_stow_mb: float = Field(2048.0, gt=0)
+    # The OHIF Viewer's built app (`make viewer` puts it here), served at /ohif when the folder exists;
+    # a relative path is taken from the node's working directory.
+    ohif_dir: str = "vendor/ohif"
 
 
 class ModalityRetention(_Strict):

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.loader import ConfigError
 from dicom_node.admin.auth import require_read, require_store
 from dicom_node.admin.context import AdminContext, EnqueueJob
+from dicom_node.admin.ohif import mount_ohif
 from dicom_node.admin.routers import (
     audit,
     config_overrides,
@@ -77,7 +78,9 @@ def create_app(
         "Authenticate with `Authorization: Bearer <token>` (admin.tokens in the config).",
     )
     app.state.live = live
-    app.state.ctx = AdminContext(live=live, sessions=sessions, enqueue_job=enqueue_job)
+    # OHIF at /ohif, reading /dicomweb; its routes come before the console's "/".
+    ohif_served = mount_ohif(app, Path(live.base.dicomweb.ohif_dir))
+    app.state.ctx = AdminContext(live=live, sessions=sessions, enqueue_job=enqueue_job, ohif_served=ohif_served)
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(RequestValidationError, _request_error)
     for module in (peers, routing, config_overrides, models, jobs, series, audit, stats, viewer, reader_study, workers,

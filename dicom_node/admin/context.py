@@ -25,6 +25,8 @@ class AdminContext:
     live: LiveConfig
     sessions: sessionmaker[Session]
     enqueue_job: EnqueueJob | None = None
+    # OHIF is served at /ohif (dicom_node/admin/ohif.py): the series page links to it.
+    ohif_served: bool = False
 
     def candidate(self, section: str, value: Any) -> SRNodeConfig:
         """The config that changing `section` to `value` would give (validated, nothing written)."""

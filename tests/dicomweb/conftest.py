@@ -27,6 +27,8 @@ STORE = "dw-store-token-0123456789"
 VIEWER_ORIGIN = "http://viewer.example:3000"
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ON_DEMAND_DESCRIPTION = "srnode on-demand test"
+# OHIF's built app, where `make viewer` (a prerequisite of `make test`) puts it.
+OHIF_DIR = Path(__file__).resolve().parents[2] / "vendor" / "ohif"
 MAX_STOW_MB = 6  # above the four-slice STOW-RS requests of the tests (about 2 MiB each)
 
 
@@ -83,7 +85,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "worker": {"device": "cpu", "heartbeat_timeout_s": 10, "batch_size": 1},
         "send": {"backoff_initial_s": 1, "backoff_max_s": 2},
         "admin": {"host": "127.0.0.1", "port": 0, "tokens": {ADMIN: "admin", READ: "read", STORE: "store"}},
-        "dicomweb": {"cors_origins": [VIEWER_ORIGIN], "max_stow_mb": MAX_STOW_MB},
+        "dicomweb": {"cors_origins": [VIEWER_ORIGIN], "max_stow_mb": MAX_STOW_MB, "ohif_dir": str(OHIF_DIR)},
     }, environ={})
     node = NodeServer(cfg, service_modules=["dicom_node.pipeline", "dicom_node.admin.service"])
     node.start()

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from dicom_node.admin.auth import Principal, require_read
 from dicom_node.admin.context import ctx_of
+from dicom_node.admin.ohif import viewer_path
 from dicom_node.admin.params import Offset
 from dicom_node.admin.routers.jobs import job_view
 from dicom_node.index.models import Instance, Job, Series, SeriesState
@@ -82,4 +83,12 @@ def get_series(series_uid: str, request: Request, recycled: bool = False,
         series, n = row
         jobs = session.execute(select(Job).where(Job.series_pk == series.id).order_by(Job.id)).scalars().all()
         delivery = job_delivery(session, [j.id for j in jobs])
-        return {**series_view(series, n), "jobs": [job_view(j, series, delivery[j.id]) for j in jobs]}
+        study_uid = series.study.study_uid
+        views = []
+        for j in jobs:
+            view = job_view(j, series, delivery[j.id])
+            # OHIF opens the original beside the upscaled series (both over /dicomweb).
+            if ctx_of(request).ohif_served and j.derived_series_uid and view["state"] in ("done", "done_with_errors"):
+                view["ohif_url"] = viewer_path(study_uid, series.series_uid, j.derived_series_uid)
+            views.append(view)
+        return {**series_view(series, n), "study_uid": study_uid, "jobs": views}

@@ -33,7 +33,9 @@ export default async function series(main, args, session) {
         s.protected ? "Unprotect" : "Protect from recycling"),
       h("h4", {}, "Jobs"),
       s.jobs.length ? h("ul", {}, s.jobs.map((j) => h("li", {}, `job ${j.id}: ${j.model} x${j.scale} ${j.state} `,
-        ["done", "done_with_errors"].includes(j.state) && h("a", { href: `#/viewer/${j.id}` }, "Compare")))) : h("p", { class: "muted" }, "none"));
+        ["done", "done_with_errors"].includes(j.state) && h("a", { href: `#/viewer/${j.id}` }, "Compare"), " ",
+        // OHIF in a new tab that keeps this one as opener, so it inherits the signed-in token.
+        j.ohif_url && h("a", { href: j.ohif_url, target: "_blank", rel: "opener", testid: `ohif-${j.id}` }, "Open in OHIF")))) : h("p", { class: "muted" }, "none"));
     detail.hidden = false;
   }
 
@@ -44,7 +46,7 @@ export default async function series(main, args, session) {
     if (recycled.checked) q.set("recycled", "true");
     const rows = await api.get(`/api/series?${q}`);
     holder.replaceChildren(table([
-      { title: "Series", render: (r) => h("a", { href: "#/series", onclick: (e) => { e.preventDefault(); show(r.series_uid); } },
+      { title: "Series", render: (r) => h("a", { href: "#/series", testid: `series-${r.series_uid}`, onclick: (e) => { e.preventDefault(); show(r.series_uid); } },
         r.series_description || r.series_uid.slice(-16)) },
       { title: "Modality", render: (r) => r.modality },
       { title: "State", render: (r) => r.state },
