@@ -267,7 +267,9 @@ def export_run(run: Path, dest: Path, name: str, weights: str = "final_ema", fp1
         "weights": out.name, "exported_from": f"{weights}.pt", "weights_dtype": "float16" if fp16 else "float32",
         "sha256": sha,
         "init": Path(meta["init"]).name if meta.get("init") else None,
-        "init_sha256": file_sha256(meta["init"]) if meta.get("init") and Path(meta["init"]).exists() else None,
+        # Recorded when training began; hashing the path now would name whatever replaced it since.
+        "init_sha256": meta.get("init_sha256") or (
+            file_sha256(meta["init"]) if meta.get("init") and Path(meta["init"]).exists() else None),
         "steps": int(last.get("step", preset["steps"])), "preset": preset, "milestones": milestones,
         "intensity": {"mode": "fixed", "low": meta["intensity"]["low"], "high": meta["intensity"]["high"]},
         "modality_units": "HU" if meta["data"]["modality"] == "CT" else "modality units",

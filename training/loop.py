@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from sr_engine.archs import create_model, state_dict_for_export
+from sr_engine.archs import create_model, file_sha256, state_dict_for_export
 from sr_engine.intensity import IntensityMapping, mapping_for
 from sr_engine.upscale import grey_to_model, image_channels, model_to_grey
 from training.checkpoint import (
@@ -49,6 +49,20 @@ from training.slice_cache import CachedSeries, build_cache
 from training.validation import ValSet, evaluate_model, make_val_set
 
 log = logging.getLogger(__name__)
+
+
+def _init_sha256(out: Path, init: Path | str | None) -> str | None:
+    """The initial weights' sha256 when training began: the model card must name what the run
+    started from even if that file is replaced later (exporting over a shipped model does). A
+    resumed run keeps the figure its run.json already holds."""
+    if not init:
+        return None
+    previous = out / "run.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        if old.get("init") == str(init) and old.get("init_sha256"):
+            return str(old["init_sha256"])
+    return file_sha256(init)
 
 
 @dataclass
@@ -448,6 +462,7 @@ def _train(preset: Preset, cfg: RunConfig, stop: _StopSignals) -> TrainResult:
         used = {**asdict(preset), "milestones": sorted(scheduler.milestones),
                 "preset_milestones": list(preset.milestones)}
         meta = {"preset": used, "init": str(cfg.init) if cfg.init else None,
+                "init_sha256": _init_sha256(out, cfg.init),
                 "data": data_summary, "intensity": {"low": mapping.low, "high": mapping.high},
                 "world_size": info.world_size, "amp": str(amp_dtype) if amp_dtype else "off",
                 "degradations": asdict(degr),

@@ -105,3 +105,22 @@ def test_log_has_every_step_once_after_a_resume(runs: Runs) -> None:
     assert [k for k, n in counts.items() if n > 1] == []
     assert [int(r["step"]) for r in rows if r["key"] == "train/l1"] == [1, 2, 3, 4, 5, 6]
     assert [int(r["step"]) for r in rows if r["key"] == "val/psnr"] == [0, 3, 6]
+
+
+def test_card_names_the_init_weights_as_they_were_when_training_began(runs: Runs, ct_by_name: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """Exporting over the file a run started from (as retraining a shipped model does) must not
+    make the card claim the run started from the new weights."""
+    from sr_engine.archs import file_sha256
+
+    init = tmp_path / "init.pth"
+    shutil.copy(runs.base / "export" / "ct-two.pth", init)
+    before = file_sha256(init)
+    preset = get_preset("realesrgan").with_overrides(
+        arch_overrides=TINY_ARCH, steps=1, batch_size=1, hr_patch=32, val_every=1, log_every=1, blind=False)
+    run = tmp_path / "from-init"
+    train(preset, RunConfig(data=[ct_by_name["cptac"]], val_data=[ct_by_name["ge"]], out=run, init=init,
+                            val_slices=1, val_crop=64, progress=False, cache_dir=runs.base / "cache", threads=1))
+    init.write_bytes(b"replaced after training")
+    card = export_run(run, tmp_path / "export", name="ct-from-init")
+    assert card["init_sha256"] == before != file_sha256(init)

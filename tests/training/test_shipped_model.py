@@ -32,19 +32,20 @@ def test_shipped_checkpoint_card_registry_and_quality(name: str, repo_root: Path
     assert all(p.dtype == torch.float32 for p in loaded.upscaler.module.parameters())
     files = sorted(ct_by_name["lung"].iterdir())
     slices = []
-    for f in (files[8], files[20]):
-        hu = modality_values(pydicom.dcmread(f))
-        slices.append(Slice(f.name, np.ascontiguousarray(hu[192:320, 192:320])))
+    for f in (files[8], files[20]):  # whole slices: 128→512, the issue's protocol
+        slices.append(Slice(f.name, np.ascontiguousarray(modality_values(pydicom.dcmread(f)))))
     bicubic = registry.load(registry.resolve("bicubic"))
     rows = evaluate_slices(slices, {"model": loaded.upscale, "bicubic": bicubic.upscale}, 4,
                            mapping=CT_MAPPING)
     s = summarize(rows)
     assert s["model"]["psnr_hu"]["mean"] > s["bicubic"]["psnr_hu"]["mean"] + 1.0
+    # Issue 20's floor, on the whole test series as exported (the card's figures).
+    test = card["metrics"]["test"]
+    assert test["model"]["psnr"] >= test["bicubic"]["psnr"] + 1.5, test
 
 
-# Shipped CT models at native resolution, on slices of the test series: issue 20's noise target
-# (at most 10% more flat-tissue noise than lanczos), and edges steeper than lanczos by at least the
-# 3% both models reach on centre crops of 256 (the issue's 5% is not reached there: RESULTS.md).
+# Shipped CT models at native resolution, on slices of the test series: issue 20's targets (at most
+# 10% more flat-tissue noise than lanczos, strong edges at least 5% steeper; RESULTS.md).
 NATIVE_FIDELITY = ("ct-compact", "ct-realesrgan-anime6b")
 
 
@@ -69,4 +70,4 @@ def test_shipped_model_sharpens_edges_without_adding_noise_at_native_resolution(
         edge.append(r.edge_ratio)
     # Native slices, nothing downscaled: no more flat-tissue noise than lanczos (+10%), steeper edges.
     assert float(np.median(noise)) <= 1.10, noise
-    assert float(np.median(edge)) >= 1.03, edge
+    assert float(np.median(edge)) >= 1.05, edge
