@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps venv viewer clean bench
+.PHONY: demo test lint system-deps system-check venv viewer clean bench
 
 # OHIF Viewer (docs/dicomweb.md, "Viewer"): the built app of the npm package @ohif/app, pinned by
 # version and registry integrity, served by the node at /ohif. Fetched once, never at run time.
@@ -34,18 +34,21 @@ $(OHIF_STAMP):
 	deploy/fetch-ohif.sh $(OHIF_VERSION) $(OHIF_INTEGRITY) $(OHIF_DIR)
 
 # Debian packages the integration tests talk to (real DCMTK, Orthanc and its DICOMweb plugin,
-# dicom3tools' dciodvfy).
+# dicom3tools' dciodvfy, Redis, Chromium). `make test` installs the missing ones itself.
+SYSTEM_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools redis-server chromium chromium-driver docker-compose
+
 system-deps:
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		dcmtk orthanc orthanc-dicomweb dicom3tools redis-server chromium chromium-driver docker-compose
+	deploy/system-deps.sh install $(SYSTEM_PACKAGES)
+
+system-check:
+	deploy/system-deps.sh ensure $(SYSTEM_PACKAGES)
 
 # Lint and type checks (configuration in pyproject.toml); a finding fails `make test`.
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-test: $(STAMP) $(OHIF_STAMP) lint
+test: system-check $(STAMP) $(OHIF_STAMP) lint
 	$(PY) -m pytest -q -ra
 
 demo: $(STAMP) $(OHIF_STAMP)
