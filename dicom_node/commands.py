@@ -6,8 +6,12 @@ import logging
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from config.loader import deployment_warnings, load_config
+
+if TYPE_CHECKING:
+    from dicom_node.server import NodeServer
 
 log = logging.getLogger("srnode")
 
@@ -73,22 +77,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the node in the foreground until SIGTERM/SIGINT (in-flight associations may finish)."""
     cfg = load_config(args.config)
     quiet_libraries(cfg.node.log_level)
-    from dicom_node.server import NodeServer
-
-    node = NodeServer(cfg)
     stop_requested = threading.Event()
+    node: NodeServer | None = None  # set once the wiring (torch, Celery) is imported
 
     def _on_signal(signum: int, _frame: object) -> None:
         log.info("%s received: no new associations, waiting up to %.0f s for %d open one(s)",
-                 signal.Signals(signum).name, cfg.node.shutdown_grace_s, node.active_associations())
+                 signal.Signals(signum).name, cfg.node.shutdown_grace_s, node.active_associations() if node else 0)
         stop_requested.set()
-        # Close the listener now (from a thread: shutdown() waits for the accept loop).
-        threading.Thread(target=node.stop_accepting, name="srnode-stop-accepting", daemon=True).start()
+        if node is not None:
+            # Close the listener now (from a thread: shutdown() waits for the accept loop).
+            threading.Thread(target=node.stop_accepting, name="srnode-stop-accepting", daemon=True).start()
 
-    # Before start(): the listener accepts associations while the services are still loading
-    # (torch, Celery), and a SIGTERM in that window must still drain them, not kill the process.
+    # Before the wiring is imported and the node started: the listener accepts associations while
+    # the services are still loading (torch, Celery), and a SIGTERM in that window must still drain
+    # them, not kill the process.
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    from dicom_node.wiring import build_node  # every handler and service
+
+    node = build_node(cfg)
     try:
         node.start()
     except OSError as exc:

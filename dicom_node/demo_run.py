@@ -26,7 +26,7 @@ from config.loader import parse_config
 from dicom_node.ae import NODELAY
 from dicom_node.commands import quiet_libraries
 from dicom_node.index.models import Job
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from sr_engine import registry
 from sr_engine.intensity import modality_values
 from sr_engine.metrics import degrade, psnr_hu, ssim_hu
@@ -170,7 +170,7 @@ def run_demo(args: argparse.Namespace) -> int:
     }, environ={})
     print(f"srnode demo: {len(files)} real CT slices (pydicom-data), sent at {512 // scale}² and upscaled x{scale}")
     print(f"  {note}")
-    node = NodeServer(cfg)
+    node = build_node(cfg)
     node.start()
     try:
         t_send = time.perf_counter()

@@ -21,7 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 log = logging.getLogger(__name__)
 
 # A listener child's entry point: (configuration as JSON data, port, event to set once listening).
-# NodeServer passes its own (server.run_listener_child): this module knows processes, not the node.
+# The wiring passes it (dicom_node.scp_wiring.run_listener_child): this module knows processes, not the node.
 ChildMain = Callable[[dict[str, Any], int, Any], None]
 
 

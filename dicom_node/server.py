@@ -1,59 +1,59 @@
 """NodeServer: the running node (DICOM listener, series assembly, services started with it).
 
-Composable: tests, the pipeline and the demo run it in-process:
+The server wires nothing itself: what its AE answers (the DIMSE handlers and SCP contexts) and
+which services start with it are given to it. `dicom_node.wiring.build_node(cfg)` is the node
+as `srnode serve` runs it (every handler, every service); tests, the pipeline and the demo run it
+in-process:
 
-    node = NodeServer(cfg, stable_hooks=[route_series])
+    node = build_node(cfg, stable_hooks=[route_series])
     node.start()            # migrates the index, listens, starts assembly and services
     ...
     node.stop()             # stop listening; in-flight associations get node.shutdown_grace_s
 
 Services started with the node (embedded worker, outbox sender, admin API, ...) are objects with
-start()/stop(); pass them as `services=[...]`, or list a module in SERVICE_MODULES that defines
-`make_service(node: NodeServer) -> Service | None` (one line, like cli.COMMAND_MODULES). They are
-started after the listener and before series assembly (they install its stable hooks), and stopped
-after assembly, before the index is closed, in reverse order.
+start()/stop(); pass them as `services=[...]`, or pass functions `make_service(node: NodeServer)
+-> Service | None` as `service_factories=[...]` (dicom_node.wiring lists `srnode serve`'s). They
+are started after the listener and before series assembly (they install its stable hooks), and
+stopped after assembly, before the index is closed, in reverse order.
 """
 from __future__ import annotations
 
-import importlib
 import logging
-import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from pynetdicom.events import EventHandlerType
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from config.loader import parse_config
 from config.schema import SRNodeConfig
 from dicom_node.ae import build_ae, tls_context
 from dicom_node.assembly import Assembler, StableHook
 from dicom_node.dimse import pynetdicom_adapter
 from dicom_node.group_commit import close_committer
-from dicom_node.handlers import NodeContext, collect
+from dicom_node.handlers import NodeContext
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.live_config import LiveConfig
 from dicom_node.index.migrate import upgrade
-from dicom_node.listener import spawn_listeners, start_listener, stop_listeners
+from dicom_node.listener import ChildMain, spawn_listeners, start_listener, stop_listeners
 from dicom_node.storage import remove_stale_temp_files
 from dicom_node.storage_identity import write_storage_marker
 
 log = logging.getLogger(__name__)
 
-# Modules defining make_service(node) -> Service | None, started with `srnode serve`.
-SERVICE_MODULES: list[str] = [
-    "dicom_node.pipeline",  # routing hook, job dispatch, outbox sender, embedded worker
-    "dicom_node.admin.service",  # admin API, console, /metrics, probes (only when admin.tokens is set)
-    "dicom_node.retention.service",  # quota and age recycling, finishes an interrupted recycle on start
-    "dicom_node.housekeeping",  # prunes old outbox/job/audit/worker rows, SQLite WAL and VACUUM, temp files
-]
-
 
 class Service(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
+
+
+# What the wiring gives a NodeServer (dicom_node.wiring, dicom_node.scp_wiring):
+HandlerFactory = Callable[[NodeContext], list[EventHandlerType]]  # (event, handler[, deps]) entries
+ContextFactory = Callable[[], list[PresentationContext]]  # SCP presentation contexts, in the AE's order
+ServiceFactory = Callable[["NodeServer"], "Service | None"]  # make_service(node); None: not configured
 
 
 class NodeServer:
@@ -62,12 +62,17 @@ class NodeServer:
     def __init__(
         self,
         cfg: SRNodeConfig,
+        *,
+        handlers: HandlerFactory,
+        scp_contexts: ContextFactory,
         stable_hooks: Iterable[StableHook] = (),
         services: Iterable[Service] = (),
-        handler_modules: Iterable[str] | None = None,
-        service_modules: Iterable[str] | None = None,
+        service_factories: Iterable[ServiceFactory] = (),
+        listener_child: ChildMain | None = None,
         listener_only: bool = False,
     ) -> None:
+        if cfg.node.processes > 1 and not listener_only and listener_child is None:
+            raise ValueError("node.processes > 1 needs listener_child (dicom_node.wiring.build_node passes it)")
         self.storage_dir = Path(cfg.node.storage_dir)
         self.engine = make_engine(cfg.node.database_url)
         self.session_factory = session_factory(self.engine)
@@ -76,13 +81,15 @@ class NodeServer:
         self.live = LiveConfig(cfg, self.session_factory)
         self.cfg = cfg = self.live.view()
         self.context = NodeContext(cfg=cfg, session_factory=self.session_factory, storage_dir=self.storage_dir)
-        self.handler_modules = None if handler_modules is None else list(handler_modules)
+        self._handlers = handlers
+        self._scp_contexts = scp_contexts
         self.assembler = Assembler(
             self.session_factory, cfg.series.stable_after_s, cfg.series.check_interval_s,
             hooks=stable_hooks, storage_dir=self.storage_dir,
         )
         self.services: list[Service] = list(services)
-        self._service_modules = SERVICE_MODULES if service_modules is None else list(service_modules)
+        self._service_factories = list(service_factories)
+        self._listener_child = listener_child  # entry point of node.processes children (module-level: spawned)
         self.ae: Any = None
         self.server: ThreadedAssociationServer | None = None
         self.port: int | None = None
@@ -95,7 +102,7 @@ class NodeServer:
         self._in_flight: list[Any] = []
 
     def start(self) -> None:
-        """Migrate the index, import the services, start listening, then services and assembly."""
+        """Migrate the index, start listening, then the services and assembly."""
         pynetdicom_adapter.check_version()  # refuse to start on a pynetdicom the adapter was not tested with
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if not self.listener_only:
@@ -105,12 +112,12 @@ class NodeServer:
             # (files this process is writing meanwhile carry its live pid and are kept).
             threading.Thread(target=remove_stale_temp_files, args=(self.storage_dir,), name="srnode-temp-sweep",
                              daemon=True).start()
-        handlers, contexts = collect(self.context, self.handler_modules)
-        self.ae = build_ae(self.cfg, contexts)
-        # Import the services (the pipeline pulls in torch, Celery) before listening: an import
-        # holds the GIL for seconds, and the first associations would share the CPU with it
-        # (measured: 91 instead of 165 instances/s while a fresh node finished importing).
-        service_modules = [] if self.listener_only else [importlib.import_module(n) for n in self._service_modules]
+        handlers = self._handlers(self.context)
+        self.ae = build_ae(self.cfg, self._scp_contexts())
+        # The service factories' modules (the pipeline pulls in torch, Celery) were imported with
+        # the wiring, before listening: an import holds the GIL for seconds, and the first
+        # associations would share the CPU with it (measured: 91 instead of 165 instances/s while a
+        # fresh node finished importing).
         shared_port = self.cfg.node.processes > 1 or self.listener_only
         self.server = start_listener(self.ae, (self.cfg.node.host, self.cfg.node.port),
                                      tls_context(self.cfg.node.tls), handlers, reuse_port=shared_port)
@@ -118,13 +125,14 @@ class NodeServer:
         if self.listener_only:
             return
         if self.cfg.node.processes > 1:
-            self._children = spawn_listeners(run_listener_child, self.cfg.model_dump(mode="json"), self.port,
+            assert self._listener_child is not None  # checked in __init__
+            self._children = spawn_listeners(self._listener_child, self.cfg.model_dump(mode="json"), self.port,
                                              self.cfg.node.processes - 1)
         log.info("%s listening on %s:%d%s%s", self.cfg.node.ae_title, self.cfg.node.host, self.port,
                  " (TLS)" if self.cfg.node.tls else "",
                  f" in {self.cfg.node.processes} processes" if self.cfg.node.processes > 1 else "")
-        for module in service_modules:
-            service = module.make_service(self)
+        for make_service in self._service_factories:
+            service = make_service(self)
             if service is not None:
                 self.services.append(service)
         for service in self.services:
@@ -184,18 +192,3 @@ class NodeServer:
         """Block until stop() has completed."""
         self._stopped.wait()
 
-
-def run_listener_child(cfg_data: dict[str, Any], port: int, ready: Any) -> None:
-    """Entry point of a listener-only child process (spawned by listener.spawn_listeners)."""
-    cfg = parse_config(cfg_data, environ={})
-    cfg.node.port = port
-    logging.basicConfig(level=cfg.node.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    node = NodeServer(cfg, listener_only=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
-    node.start()
-    ready.set()
-    stop.wait()
-    node.stop()

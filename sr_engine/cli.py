@@ -1,7 +1,8 @@
 """The `models` and `evaluate` subcommands: argument parsing only.
 
-The commands themselves live in sr_engine/commands.py and are imported only when one runs, so
-`srnode --help` (and every other subcommand) starts without importing torch. `srnode sr` writes
+The commands themselves live in sr_engine/commands.py and are imported only when one runs (the
+two small functions below), so `srnode --help` (and every other subcommand) starts without
+importing torch. `srnode sr` writes
 DICOM, so it is the node's (dicom_node.derive.sr_command), with these model options.
 """
 from __future__ import annotations
@@ -28,18 +29,32 @@ def _model_options(p: argparse.ArgumentParser, repeat_model: bool = False) -> No
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU is faster where supported")
 
 
+def _models_list(args: argparse.Namespace) -> int:
+    from sr_engine.commands import cmd_models_list  # imports torch: only when the command runs
+
+    return cmd_models_list(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sr_engine.commands import cmd_evaluate  # imports torch: only when the command runs
+
+    return cmd_evaluate(args)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `models` and `evaluate` to the srnode CLI."""
     models = subparsers.add_parser("models", help="super-resolution models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
     ls = msub.add_parser("list", help="list configured and built-in models")
     ls.add_argument("--config", help="srnode YAML, for the models: section")
-    ls.set_defaults(func="sr_engine.commands:cmd_models_list")
+    ls.set_defaults(func=_models_list)
     add = msub.add_parser("add", help="register an exported model (its model_card.json) in a node YAML")
     add.add_argument("--card", required=True, help="model_card.json written by `srnode export-model`")
     add.add_argument("--config", required=True, help="srnode YAML to add the models: entry to")
     add.add_argument("--name", help="registry name (default: the card's)")
-    # The card format belongs to the training package; only the command lives in this group.
+    # The card format belongs to the training package; only the command lives in this group. A lazy
+    # "module:function" string (dicom_node.cli.run_command imports it): training is above the
+    # engine, so a real import from here would be a cycle (engine <-> training).
     add.set_defaults(func="training.export:cmd_models_add")
 
     ev = subparsers.add_parser("evaluate", help="zero-shot PSNR/SSIM in HU against bicubic; "
@@ -56,4 +71,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="--native: centre-crop each native slice to N x N before upscaling (bounds CPU time)")
     ev.add_argument("--out", help="--native: folder for native.md, native.json, native.png and crops/")
     ev.add_argument("dirs", nargs="+", metavar="DIR")
-    ev.set_defaults(func="sr_engine.commands:cmd_evaluate")
+    ev.set_defaults(func=_evaluate)

@@ -80,8 +80,9 @@ class Server:
 def start_node(workdir: Path) -> tuple[Any, Server]:
     """An srnode with its admin app (and /dicomweb), SQLite index, no pipeline (nothing is routed)."""
     from config.loader import parse_config
+    from dicom_node.admin import service as admin_service
     from dicom_node.admin.service import AdminService
-    from dicom_node.server import NodeServer
+    from dicom_node.wiring import build_node
 
     cfg = parse_config({
         "node": {"ae_title": "SRNODE", "host": "127.0.0.1", "port": 0, "storage_dir": str(workdir / "storage"),
@@ -91,7 +92,7 @@ def start_node(workdir: Path) -> tuple[Any, Server]:
         "admin": {"host": "127.0.0.1", "port": 0, "tokens": {TOKEN: "admin"}},
         "query_retrieve": {"max_results": 0},  # as Orthanc's LimitFindResults: 0 (no cap)
     }, environ={})
-    node = NodeServer(cfg, service_modules=["dicom_node.admin.service"])
+    node = build_node(cfg, services=[admin_service.make_service])
     node.start()
     admin = next(s for s in node.services if isinstance(s, AdminService))
     return node, Server("srnode", f"http://127.0.0.1:{admin.port}/dicomweb", {"Authorization": f"Bearer {TOKEN}"})

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from config.loader import parse_config  # noqa: E402
 from dicom_node.demo_run import Destination, lowres_series, send  # noqa: E402
 from dicom_node.index.models import Job, Outbox, Series  # noqa: E402
-from dicom_node.server import NodeServer  # noqa: E402
+from dicom_node.wiring import build_node  # noqa: E402
 from sr_engine.intensity import modality_values  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def one_run(shared: Path, n: int, out: Path, stable_after_s: float,
         "broker_url": None, "worker": {"device": "cpu", "batch_size": 2, "tile_size": 256},
         "admin": {"enabled": False},
     }, environ={})
-    node = NodeServer(cfg)
+    node = build_node(cfg)
     node.start()
     try:
         time.sleep(20)  # let the embedded worker finish importing torch: measure a warm worker

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from config.loader import parse_config
 from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 
 # DCMTK (3.6.2+) and Orthanc read TCP_NODELAY from the environment; the brief asks for it on.
 DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
@@ -42,6 +43,6 @@ def start_node(workdir: Path, peers: dict[str, tuple[str, int]], max_results: in
         "admin": {"enabled": False},
         "query_retrieve": {"max_results": max_results},
     })
-    node = NodeServer(cfg, service_modules=[])
+    node = build_node(cfg, services=[])
     node.start()
     return node

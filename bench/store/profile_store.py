@@ -111,14 +111,14 @@ def main() -> int:
 def run(tmp: Path, instances: int, parallel_max: int) -> None:
     """Send the instances over 1 and `parallel_max` associations to a fresh node each time."""
     from config.loader import load_config
-    from dicom_node.server import NodeServer
+    from dicom_node.wiring import build_node
 
     files = bench_store.make_instances(tmp / "input", instances)
     for parallel in (1, parallel_max):
         work = tmp / f"node-{parallel}"
         work.mkdir()
         port = bench_store.free_port()
-        node = NodeServer(load_config(bench_store._srnode_config(work, port)))
+        node = build_node(load_config(bench_store._srnode_config(work, port)))
         node.start()
         try:
             bench_store.wait_for(lambda port=port: bench_store.echo_ok(port), "srnode")

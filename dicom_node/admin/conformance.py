@@ -1,6 +1,6 @@
 """The presentation contexts the node negotiates, as the tables of docs/conformance.md.
 
-The AE is built exactly as `NodeServer.start` builds it (handler registry → `build_ae`), so the
+The AE is built exactly as `NodeServer.start` builds it (dicom_node.scp_wiring → `build_ae`), so the
 tables say what the code accepts, not what someone remembers. Regenerate after a change:
 
     python -m dicom_node.admin.conformance docs/conformance.md
@@ -31,19 +31,12 @@ def negotiated_scp_contexts() -> list[Negotiated]:
     """Every SCP presentation context of the node's AE (default configuration)."""
     from config.loader import parse_config
     from dicom_node.ae import build_ae
-    from dicom_node.handlers import NodeContext, collect
-    from dicom_node.index.db import make_engine, session_factory
+    from dicom_node.scp_wiring import scp_contexts
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = parse_config({"node": {"storage_dir": f"{tmp}/storage", "database_url": f"sqlite:///{tmp}/index.db"}},
                            environ={})
-        engine = make_engine(cfg.node.database_url)
-        try:
-            ctx = NodeContext(cfg=cfg, session_factory=session_factory(engine), storage_dir=Path(tmp) / "storage")
-            _handlers, contexts = collect(ctx)
-            ae = build_ae(cfg, contexts)
-        finally:
-            engine.dispose()
+        ae = build_ae(cfg, scp_contexts())
     return [Negotiated(cast(str, cx.abstract_syntax), tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role)
             for cx in ae.supported_contexts]
 

@@ -1,6 +1,6 @@
 """Run the admin API + console with uvicorn in a thread beside the DICOM listener.
 
-`srnode serve` starts it through `dicom_node.server.SERVICE_MODULES` (`make_service(node)`);
+`srnode serve` starts it through `dicom_node.wiring.SERVICES` (`make_service(node)`);
 tests and the demo can use `AdminService(app, host, port)` directly. Port 0 picks a free port
 (read `.port` after start()).
 """

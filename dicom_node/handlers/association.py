@@ -6,8 +6,6 @@ import logging
 import shutil
 
 from pynetdicom import evt
-from pynetdicom.events import EventHandlerType
-from pynetdicom.presentation import PresentationContext
 
 from dicom_node.handlers import NodeContext
 from dicom_node.metrics import ASSOCIATIONS
@@ -84,13 +82,3 @@ def handle_requested(event: evt.Event, ctx: NodeContext) -> None:
         ASSOCIATIONS.labels(outcome="rejected_quota").inc()
         return
     ASSOCIATIONS.labels(outcome="accepted").inc()
-
-
-def bind(ctx: NodeContext) -> list[EventHandlerType]:
-    """The A-ASSOCIATE-RQ check."""
-    return [(evt.EVT_REQUESTED, handle_requested, [ctx])]
-
-
-def scp_contexts() -> list[PresentationContext]:
-    """No contexts of its own."""
-    return []

@@ -2,21 +2,13 @@
 from __future__ import annotations
 
 from pynetdicom import evt
-from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
-
-from dicom_node.handlers import NodeContext
 
 
 def handle_echo(event: evt.Event) -> int:
     """Verification always succeeds once the association was accepted."""
     return 0x0000
-
-
-def bind(ctx: NodeContext) -> list[EventHandlerType]:
-    """The C-ECHO handler."""
-    return [(evt.EVT_C_ECHO, handle_echo)]
 
 
 def scp_contexts() -> list[PresentationContext]:

@@ -8,7 +8,6 @@ from typing import cast
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.handlers import NodeContext
@@ -84,11 +83,6 @@ def store_received(ctx: NodeContext, load: Callable[[], bytes], sender_ae: str, 
     if result.duplicate:
         log.info("instance %s from %s replaced an earlier copy (duplicate policy: last write wins)", name(), who)
     return 0x0000, result
-
-
-def bind(ctx: NodeContext) -> list[EventHandlerType]:
-    """The C-STORE handler."""
-    return [(evt.EVT_C_STORE, handle_store, [ctx])]
 
 
 def scp_contexts() -> list[PresentationContext]:

@@ -34,7 +34,6 @@ from config.schema import SRNodeConfig
 from dicom_node.ae import set_tcp_nodelay
 from dicom_node.dimse import fast_store, pynetdicom_adapter
 from dicom_node.dimse.fast_store import StoredFile
-from dicom_node.handlers import NodeContext
 from dicom_node.qr.attributes import model_of_sop_class
 from dicom_node.qr.find import FindOutcome, find
 from dicom_node.qr.matching import QueryError
@@ -265,27 +264,15 @@ class QRService:
             log.info("C-GET from %s: %d sub-operations planned, %d started, %.2f s", caller, plan.count, sent,
                      time.monotonic() - started)
 
-    def handlers(self) -> list[tuple[Any, Any]]:
-        """(event, handler) pairs to bind on the node's AE."""
-        return [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move), (evt.EVT_C_GET, self.on_get),
-                (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
 
-
-# --- the dicom_node.handlers registry interface --------------------------------------------------
-def bind(ctx: NodeContext) -> list[tuple[Any, Any]]:
-    """Q/R handlers for the node's AE (registry hook of dicom_node.handlers)."""
-    service = QRService(ctx.cfg, ctx.session_factory, ctx.storage_dir)
-    ctx.extras["qr"] = service
-    return service.handlers()
-
-
+# --- SCP contexts (dicom_node.scp_wiring lists them with the handlers) ----------------------------
 def scp_contexts() -> list[PresentationContext]:
     """FIND/MOVE/GET contexts, plus the storage contexts again with both roles allowed.
 
     C-GET sends C-STORE on the requester's association, so the requester proposes SCP/SCU role
     selection for storage classes and the node must accept the SCP role for it; a storage context
-    without roles would refuse that. List this module before dicom_node.handlers.store (the AE
-    keeps the first context per SOP class).
+    without roles would refuse that. dicom_node.scp_wiring lists them before dicom_node.handlers.store's
+    (the AE keeps the first context per SOP class).
     """
     from dicom_node.handlers import store  # the node's storage contexts, one definition
 

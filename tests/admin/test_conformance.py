@@ -11,7 +11,7 @@ from config.loader import parse_config
 from config.schema import NodeConfig
 from dicom_node.ae import MAX_PDU_SIZE
 from dicom_node.derive.writer import TRANSFER_SYNTAXES
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 
 UID_IN_TICKS = re.compile(r"`(\d+(?:\.\d+)+)`")
 
@@ -26,7 +26,7 @@ def ae(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     tmp = tmp_path_factory.mktemp("conformance")
     cfg = parse_config({"node": {"host": "127.0.0.1", "port": 0, "storage_dir": str(tmp / "storage"),
                                  "database_url": f"sqlite:///{tmp / 'index.db'}"}}, environ={})
-    node = NodeServer(cfg, service_modules=[])  # the AE as `srnode serve` builds it
+    node = build_node(cfg, services=[])  # the AE as `srnode serve` builds it
     node.start()
     yield node.ae
     node.stop(0)

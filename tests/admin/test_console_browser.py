@@ -17,6 +17,7 @@ from config.loader import parse_config
 from dicom_node.admin.service import AdminService
 from dicom_node.index.models import Job, JobState
 from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.admin.conftest import ADMIN, READ, auth
 from tests.browser import launch_chromium, screenshot_dir
 from tests.conftest import free_port
@@ -44,7 +45,7 @@ def node(tmp_path: Path) -> Iterator[NodeServer]:
         "worker": {"device": "cpu", "batch_size": 1},
         "admin": {"host": "127.0.0.1", "port": 0, "tokens": {ADMIN: "admin", READ: "read"}},
     }
-    server = NodeServer(parse_config(cfg, environ={}))  # the services `srnode serve` starts
+    server = build_node(parse_config(cfg, environ={}))  # the services `srnode serve` starts
     server.start()
     yield server
     server.stop(0)

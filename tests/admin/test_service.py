@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from config.loader import parse_config
+from dicom_node.admin import service as admin_service
 from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.admin.conftest import ADMIN, READ, auth, base_config
 from tests.conftest import free_port
 
@@ -41,7 +43,7 @@ def node(tmp_path: Path) -> Iterator[NodeServer]:
     data = base_config(tmp_path)
     data["node"].update(port=0, host="127.0.0.1")
     data["admin"].update(host="127.0.0.1", port=0)
-    server = NodeServer(parse_config(data, environ={}), service_modules=["dicom_node.admin.service"])
+    server = build_node(parse_config(data, environ={}), services=[admin_service.make_service])
     server.start()
     yield server
     server.stop(0)

@@ -95,13 +95,15 @@ def node_config(tmp_path: Path, database_url: str, **node: Any) -> SRNodeConfig:
 
 @pytest.fixture
 def start_node() -> Iterator[Callable[..., NodeServer]]:
-    """Start NodeServers in-process (the foundation alone: no pipeline/admin services unless
-    `service_modules` is given); all are stopped at teardown."""
+    """Start nodes in-process (dicom_node.wiring.build_node; the foundation alone: no
+    pipeline/admin services unless `services` is given); all are stopped at teardown."""
     nodes: list[NodeServer] = []
 
     def _start(cfg: SRNodeConfig, **kwargs: Any) -> NodeServer:
-        kwargs.setdefault("service_modules", [])
-        node = NodeServer(cfg, **kwargs)
+        from dicom_node.wiring import build_node  # imports every service's module (torch): on use only
+
+        kwargs.setdefault("services", [])
+        node = build_node(cfg, **kwargs)
         node.start()
         nodes.append(node)
         return node

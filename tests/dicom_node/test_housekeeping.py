@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import HousekeepingConfig
+from dicom_node import housekeeping
 from dicom_node.housekeeping import run_pass
 from dicom_node.index.db import make_engine, session_factory, session_scope
 from dicom_node.index.migrate import upgrade
@@ -30,7 +31,7 @@ from dicom_node.index.models import (
     Study,
     Worker,
 )
-from dicom_node.server import SERVICE_MODULES, NodeServer
+from dicom_node.server import NodeServer
 from tests.dicom_node.conftest import node_config
 
 NOW = datetime.now(UTC)
@@ -195,7 +196,7 @@ def test_the_node_runs_a_pass_when_it_starts(sqlite_url: str, tmp_path: Path, ca
         s.add(Audit(action="old", at=days_ago(400)))
     engine.dispose()
     caplog.set_level(logging.INFO, logger="dicom_node.housekeeping")
-    node = start_node(cfg, service_modules=["dicom_node.housekeeping"])
+    node = start_node(cfg, services=[housekeeping.make_service])
     def pass_lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith("housekeeping:")]
 
@@ -206,12 +207,14 @@ def test_the_node_runs_a_pass_when_it_starts(sqlite_url: str, tmp_path: Path, ca
     assert count(node.session_factory, Audit) == 0
     lines = pass_lines()
     assert len(lines) == 1 and "1 audit row(s)" in lines[0]
-    assert "dicom_node.housekeeping" in SERVICE_MODULES  # and `srnode serve` starts it
+    from dicom_node.wiring import SERVICES  # imports the pipeline (torch): here only
+
+    assert housekeeping.make_service in SERVICES  # and `srnode serve` starts it
 
 
 def test_housekeeping_can_be_switched_off(sqlite_url: str, tmp_path: Path,
                                           start_node: Callable[..., NodeServer]) -> None:
     cfg = node_config(tmp_path, sqlite_url).model_copy(
         update={"housekeeping": HousekeepingConfig(enabled=False)})
-    node = start_node(cfg, service_modules=["dicom_node.housekeeping"])
+    node = start_node(cfg, services=[housekeeping.make_service])
     assert not any(type(s).__name__ == "HousekeepingService" for s in node.services)

@@ -18,7 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 
 from dicom_node.dimse import fast_store, pynetdicom_adapter
 from dicom_node.dimse.pynetdicom_adapter import TESTED_VERSIONS, UntestedPynetdicom, check_version
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.conftest import REPO_ROOT
 from tests.dicom_node.conftest import node_config
 from tests.qr.synthetic import make_instance
@@ -46,7 +46,7 @@ def test_the_installed_version_is_tested_and_pinned_exactly() -> None:
 
 def test_the_node_refuses_to_start_on_an_untested_pynetdicom(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    node = NodeServer(node_config(tmp_path, f"sqlite:///{tmp_path / 'index.db'}"), service_modules=[])
+    node = build_node(node_config(tmp_path, f"sqlite:///{tmp_path / 'index.db'}"), services=[])
     monkeypatch.setattr(pynetdicom, "__version__", "2.0.2")
     try:
         with pytest.raises(UntestedPynetdicom, match="found 2.0.2"):

@@ -15,8 +15,11 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from config.loader import parse_config
+from dicom_node import pipeline
+from dicom_node.admin import service as admin_service
 from dicom_node.index.models import Job, JobState, Series
 from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.conftest import free_port
 from tests.faults.harness import wait_until
 from tests.orthanc import Orthanc
@@ -29,6 +32,8 @@ PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ON_DEMAND_DESCRIPTION = "srnode on-demand test"
 # OHIF's built app, where `make viewer` (a prerequisite of `make test`) puts it.
 OHIF_DIR = Path(__file__).resolve().parents[2] / "vendor" / "ohif"
+# x4, the node's real job: 512² slices become 2048² (bicubic, so the tests are about DICOMweb).
+SCALE = 4
 MAX_STOW_MB = 6  # above the four-slice STOW-RS requests of the tests (about 2 MiB each)
 
 
@@ -81,13 +86,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
              "destinations": ["web"]},
             {"name": "from-dimse", "match": {"modality": "CT", "source": "dimse"}, "model": "bicubic"},
         ],
-        "models": {"bicubic": {"arch": "bicubic", "scale": 2}},
+        "models": {"bicubic": {"arch": "bicubic", "scale": SCALE}},
         "worker": {"device": "cpu", "heartbeat_timeout_s": 10, "batch_size": 1},
         "send": {"backoff_initial_s": 1, "backoff_max_s": 2},
         "admin": {"host": "127.0.0.1", "port": 0, "tokens": {ADMIN: "admin", READ: "read", STORE: "store"}},
         "dicomweb": {"cors_origins": [VIEWER_ORIGIN], "max_stow_mb": MAX_STOW_MB, "ohif_dir": str(OHIF_DIR)},
     }, environ={})
-    node = NodeServer(cfg, service_modules=["dicom_node.pipeline", "dicom_node.admin.service"])
+    node = build_node(cfg, services=[pipeline.make_service, admin_service.make_service])
     node.start()
     try:
         from dicom_node.admin.service import AdminService

@@ -11,7 +11,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from dicom_node.index.models import Job, Series, SeriesState
-from tests.dicomweb.conftest import ON_DEMAND_DESCRIPTION, READ, STORE, Site, fresh_copies
+from tests.dicomweb.conftest import ON_DEMAND_DESCRIPTION, READ, SCALE, STORE, Site, fresh_copies
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def test_qido_lists_the_virtual_series_and_wado_derives_it(site: Site, ct_series
         study, fields=["SeriesDescription", "NumberOfSeriesRelatedInstances"])}
     assert set(listed) - {source}, listed
     (virtual,) = set(listed) - {source}
-    assert str(_value(listed[virtual], "0008103E")).startswith("SRx2 bicubic: ")
+    assert str(_value(listed[virtual], "0008103E")).startswith(f"SRx{SCALE} bicubic: ")
     assert _value(listed[virtual], "00201209") == len(files)
     assert jobs() == []  # a search starts nothing
 
@@ -54,7 +54,7 @@ def test_qido_lists_the_virtual_series_and_wado_derives_it(site: Site, ct_series
     rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
     for ds in derived:
         assert str(ds.SeriesInstanceUID) == virtual
-        assert ds.pixel_array.shape == (2 * rows, 2 * cols)
+        assert ds.pixel_array.shape == (SCALE * rows, SCALE * cols)
         assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     (job,) = jobs()
     assert job.derived_series_uid == virtual and job.rule_name == "on-demand"

@@ -12,7 +12,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from dicom_node.index.models import Outbox, OutboxState
-from tests.dicomweb.conftest import READ, STORE, Site, auth, fresh_copies
+from tests.dicomweb.conftest import READ, SCALE, STORE, Site, auth, fresh_copies
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def test_derived_series_reaches_orthanc_by_stow(site: Site, stowed: dict[str, An
     derived = stowed["job"].derived_series_uid
     instances = site.wait(lambda: len(orthanc_series(site, derived)) == 4 and orthanc_series(site, derived))
     tags = site.orthanc.get(f"/instances/{instances[0]['ID']}/simplified-tags")
-    assert int(tags["Rows"]) == 2 * int(stowed["datasets"][0].Rows)
+    assert int(tags["Rows"]) == SCALE * int(stowed["datasets"][0].Rows)
     assert site.wait(lambda: delivery(site)["state"] == "ok" and delivery(site)["pending"] == 0)
 
 

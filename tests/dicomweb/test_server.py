@@ -27,6 +27,7 @@ from tests.dicomweb.conftest import (
     ADMIN,
     MAX_STOW_MB,
     READ,
+    SCALE,
     STORE,
     VIEWER_ORIGIN,
     Site,
@@ -73,10 +74,11 @@ def test_qido_lists_the_derived_series_with_counts_and_wado_returns_it(site: Sit
     assert (value(study, "00201206"), value(study, "00201208")) == (2, 8)  # series, instances
     source_rows = int(stowed["datasets"][0].Rows)
     instances = client.retrieve_series(stowed["study"], derived)
-    assert len(instances) == 4 and {int(ds.Rows) for ds in instances} == {2 * source_rows}
-    assert all(ds.pixel_array.shape == (2 * source_rows, 2 * int(stowed["datasets"][0].Columns)) for ds in instances)
+    assert len(instances) == 4 and {int(ds.Rows) for ds in instances} == {SCALE * source_rows}
+    shape = (SCALE * source_rows, SCALE * int(stowed["datasets"][0].Columns))
+    assert all(ds.pixel_array.shape == shape for ds in instances)
     metadata = client.retrieve_series_metadata(stowed["study"], derived)
-    assert len(metadata) == 4 and {value(m, "00280010") for m in metadata} == {2 * source_rows}
+    assert len(metadata) == 4 and {value(m, "00280010") for m in metadata} == {SCALE * source_rows}
     assert all("BulkDataURI" in m["7FE00010"] for m in metadata)
     study = client.retrieve_study(stowed["study"])  # the original and the derived series
     assert sorted(str(ds.SeriesInstanceUID) for ds in study) == sorted([stowed["series"]] * 4 + [derived] * 4)

@@ -12,7 +12,7 @@ import redis
 from config.loader import parse_config
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.models import Job, JobState
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.orthanc import Orthanc
 from tests.pipeline.conftest import node_config
 from tests.pipeline.helpers import (
@@ -38,7 +38,7 @@ def jobs(cfg: dict) -> list[Job]:
 
 def test_embedded_default(tmp_path: Path, orthanc: Orthanc, node_port: int, ct_slices: list[Path]) -> None:
     cfg = node_config(tmp_path, node_port, orthanc)
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     try:
         forward(orthanc, ct_slices)
@@ -70,7 +70,7 @@ def test_redis_broker_separate_worker(tmp_path: Path, orthanc: Orthanc, node_por
                                       redis_url: str) -> None:
     cfg = node_config(tmp_path, node_port, orthanc, broker_url=redis_url, worker={"embedded": False})
     config_file = write_config(tmp_path / "srnode.yaml", cfg)
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     worker = start_worker(config_file, tmp_path / "worker.log")
     try:

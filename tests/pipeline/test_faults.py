@@ -13,7 +13,7 @@ from config.loader import parse_config
 from dicom_node.derive.uids import derived_sop_uid
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.models import Job, JobState, Outbox, OutboxState
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from sr_engine.registry import builtin_digest
 from tests.conftest import free_port
 from tests.orthanc import Orthanc
@@ -60,7 +60,7 @@ def test_worker_sigkilled_mid_series(tmp_path: Path, orthanc: Orthanc, node_port
     cfg = node_config(tmp_path, node_port, orthanc, broker_url=redis_url, worker={"embedded": False},
                       models={"bicubic": {"arch": "bicubic", "scale": 4}})
     config_file = write_config(tmp_path / "srnode.yaml", cfg)
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     first = start_worker(config_file, tmp_path / "worker1.log")
     second = None
@@ -107,7 +107,7 @@ def test_destination_down_30s_does_not_block_others(tmp_path: Path, orthanc: Ort
     cfg = node_config(tmp_path, node_port, orthanc)
     cfg["peers"]["OTHER"] = {"ae_title": "OTHER", "host": "127.0.0.1", "port": other_port}
     cfg["routing"][0]["destinations"] = ["PACS", "OTHER"]
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     try:
         forward(orthanc, ct_slices)
@@ -134,7 +134,7 @@ def test_destination_down_30s_does_not_block_others(tmp_path: Path, orthanc: Ort
 def test_node_restart_with_jobs_queued(tmp_path: Path, orthanc: Orthanc, node_port: int,
                                        ct_slices: list[Path]) -> None:
     cfg = node_config(tmp_path, node_port, orthanc)
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     try:
         forward(orthanc, ct_slices)
@@ -144,7 +144,7 @@ def test_node_restart_with_jobs_queued(tmp_path: Path, orthanc: Orthanc, node_po
     stopped = job_row(cfg)
     assert stopped is not None and stopped.state != JobState.done, \
         "job finished before the restart; test proves nothing"
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     try:
         uid = expected_derived_uid(ct_slices[0])

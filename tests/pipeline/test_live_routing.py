@@ -12,6 +12,7 @@ from sqlalchemy import select
 from config.loader import parse_config
 from dicom_node.index.models import Job, JobState
 from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.conftest import free_port
 
 
@@ -45,7 +46,7 @@ def test_model_added_and_routed_at_run_time_processes_next_series(tmp_path: Path
         "routing": [{"name": "ct", "match": {"modality": "CT"}, "model": "bicubic-x2"}],
         "worker": {"device": "cpu", "batch_size": 1},
     }, environ={})
-    node = NodeServer(cfg)
+    node = build_node(cfg)
     node.start()
     try:
         first, second = ct_dirs[0], ct_dirs[1]

@@ -11,7 +11,7 @@ import pytest
 from config.loader import parse_config
 from dicom_node.index.models import Job, Series, SeriesState
 from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandError, on_demand_provider
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.conftest import free_port
 from tests.pipeline.helpers import expected_derived_uid
 
@@ -29,7 +29,7 @@ def test_on_demand_series_is_listed_then_materialised(tmp_path: Path, ct_slices:
         "routing": [{"match": {"modality": "CT"}, "model": "bicubic", "on_demand": True}],
         "worker": {"device": "cpu", "heartbeat_timeout_s": 10}, "admin": {"enabled": False},
     }, environ={})
-    node = NodeServer(cfg)
+    node = build_node(cfg)
     node.start()
     try:
         subprocess.run(["storescu", "-aec", "SRNODE", "-aet", "SCANNER", "127.0.0.1", str(port),

@@ -21,7 +21,7 @@ from config.loader import parse_config
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.models import Job, JobState
 from dicom_node.pipeline.dispatch import NODE_STARTED, BrokerWatch
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.conftest import free_port
 from tests.dicom_node.conftest import storescu
 from tests.faults.harness import Destination, expected_derived, wait_until
@@ -135,7 +135,7 @@ def test_broker_restart_without_persistence_loses_no_job(tmp_path: Path, ct_dirs
     series = [sorted(d.glob("*.dcm"))[:6] for d in ct_dirs[:2]]
     cfg = scaleout_config(tmp_path, destination, private_redis.url, scale=2)
     config_file = write_config(tmp_path / "srnode.yaml", cfg)
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     workers: list[subprocess.Popen] = []
     try:
@@ -169,7 +169,7 @@ def test_sigterm_releases_the_job_at_once_to_the_other_worker(tmp_path: Path, ct
     cfg = scaleout_config(tmp_path, destination, private_redis.url, scale=4)
     cfg["worker"]["batch_size"] = 1
     config_file = write_config(tmp_path / "srnode.yaml", cfg)
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     logs = [tmp_path / f"worker{i}.log" for i in (1, 2)]
     workers = [start_worker(config_file, log) for log in logs]

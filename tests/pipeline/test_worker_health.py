@@ -25,8 +25,8 @@ from dicom_node.index.db import make_engine, session_factory, session_scope
 from dicom_node.index.migrate import upgrade
 from dicom_node.index.models import Job, JobState, Worker, unserved_jobs, utcnow
 from dicom_node.pipeline.service import PipelineService
-from dicom_node.server import NodeServer
 from dicom_node.storage_identity import STORAGE_MARKER, write_storage_marker
+from dicom_node.wiring import build_node
 from tests.conftest import free_port
 from tests.dicom_node.conftest import storescu
 from tests.faults.harness import Destination, wait_until
@@ -78,7 +78,7 @@ def test_a_worker_without_the_shared_storage_refuses_and_fails_no_job(tmp_path: 
     late = tmp_path / "unmounted-later"
     late.mkdir()
     late_file = write_config(tmp_path / "late.yaml", {**cfg, "node": {**cfg["node"], "storage_dir": str(late)}})
-    node = NodeServer(parse_config(cfg, environ={}))
+    node = build_node(parse_config(cfg, environ={}))
     node.start()
     (late / STORAGE_MARKER).write_text((Path(cfg["node"]["storage_dir"]) / STORAGE_MARKER).read_text())
     logs = {name: tmp_path / f"{name}.log" for name in ("bad", "late", "good")}

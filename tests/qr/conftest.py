@@ -18,7 +18,7 @@ from config.schema import SRNodeConfig
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.migrate import upgrade
 from dicom_node.ingest import store_dataset
-from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.conftest import free_port
 from tests.qr.synthetic import ROOT, make_instance
 
@@ -133,8 +133,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, ct_dirs: list[Path]) -> Itera
     """A NodeServer with Q/R handlers; the three real CT series stored through it with storescu."""
     tmp = tmp_path_factory.mktemp("qrnode")
     port, scu_port, slow_port, orthanc_port = (free_port() for _ in range(4))
-    server = NodeServer(node_config(tmp, port, scu_port, slow_port, orthanc_port),
-                        service_modules=[])  # the production handler registry, no extra services
+    server = build_node(node_config(tmp, port, scu_port, slow_port, orthanc_port),
+                        services=[])  # the production AE (dicom_node.scp_wiring), no services
     server.start()
     try:
         series, studies, sops = {}, {}, {}

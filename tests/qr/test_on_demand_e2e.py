@@ -15,6 +15,7 @@ from pydicom import dcmread
 from config.loader import parse_config
 from dicom_node.index.models import Job, Series, SeriesState
 from dicom_node.server import NodeServer
+from dicom_node.wiring import build_node
 from tests.conftest import free_port
 from tests.qr.conftest import NODE_AE, SCU_AE, run
 
@@ -35,7 +36,7 @@ def on_demand_node(tmp_path: Path, ct_dirs: list[Path]) -> Iterator[tuple[NodeSe
         "routing": [{"match": {"modality": "CT"}, "model": "bicubic", "on_demand": True}],
         "worker": {"device": "cpu"}, "admin": {"enabled": False},
     }, environ={})
-    node = NodeServer(cfg)  # default services: the pipeline installs its on-demand provider
+    node = build_node(cfg)  # default services: the pipeline installs its on-demand provider
     node.start()
     try:
         yield node, scu_port, slices
