@@ -51,7 +51,7 @@ lint: $(STAMP)
 test: system-check $(STAMP) $(OHIF_STAMP) lint
 	$(PY) -m pytest -q -ra
 
-demo: $(STAMP) $(OHIF_STAMP)
+demo: $(STAMP)
 	$(VENV)/bin/srnode demo
 
 clean:
