@@ -4,7 +4,7 @@ pynetdicom's `send_c_store` decodes nothing when given a path, but still pushes 
 through its state machine thread, one queue hand-off per 16 KiB; for a 512x512 CT slice that is
 ~32 round trips through Python per instance and caps a C-MOVE at ~100 instances/s on loopback.
 Here the small C-STORE-RQ command set is encoded directly (byte-identical to pynetdicom's, see
-tests/qr/test_fast_store.py), the data set PDUs are framed straight from the file (PS3.8 9.3.5:
+tests/dimse/test_fast_store.py), the data set PDUs are framed straight from the file (PS3.8 9.3.5:
 P-DATA-TF, one PDV per PDU) and written to the association's socket in one call, and the response is read back through
 pynetdicom's DIMSE queue, as `send_c_store` does. When the file's transfer syntax was not
 accepted for its SOP class, the instance is read with pydicom and handed to pynetdicom's own

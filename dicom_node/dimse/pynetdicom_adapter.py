@@ -10,8 +10,8 @@ and nowhere else; the rest of srnode uses pynetdicom's public API.
 The names were read in pynetdicom 3.0.4 (`TESTED_VERSIONS`, pinned exactly in setup.cfg).
 `check_version()` runs when the node starts (dicom_node.server.NodeServer.start): a node with
 another pynetdicom refuses to start instead of misbehaving on the wire. Upgrading pynetdicom:
-re-read the attributes used below in the new version, run tests/qr and tests/dicom_node (the
-adapter's own test is tests/dicom_node/test_pynetdicom_adapter.py), then add the version here and
+re-read the attributes used below in the new version, run tests/dimse, tests/qr and tests/outbox
+(the adapter's own test is tests/dimse/test_pynetdicom_adapter.py), then add the version here and
 change the pin.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dicom_node.outbox.sender import OutboxSender
 from tests.admin.conftest import ADMIN, base_config
 from tests.browser import launch_chromium
 from tests.conftest import free_port
-from tests.pipeline.test_outbox_parallel import DEST, StoreSCP, make_queued
+from tests.outbox.test_outbox_parallel import DEST, StoreSCP, make_queued
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,7 +22,7 @@ from dicom_node.outbox.sender import OutboxSender
 from tests.admin.conftest import ADMIN, READ, auth, base_config, make_done_job
 from tests.conftest import free_port
 from tests.faults.harness import wait_until
-from tests.pipeline.test_outbox_parallel import DEST, StoreSCP, make_queued
+from tests.outbox.test_outbox_parallel import DEST, StoreSCP, make_queued
 
 SENDER_LOG = "dicom_node.outbox.sender"
 

@@ -115,7 +115,7 @@ SCENARIOS = [
     Scenario("c_kill9_while_job_runs", _kill_while_job_runs),
     Scenario("d_kill9_while_sending", _kill_while_sending, dest_sleep_s=1),
     # storescp stored an instance whose response the node never got: it has no C-FIND to ask, so
-    # that instance alone may come twice (a PACS with C-FIND is asked: tests/pipeline/test_outbox_in_doubt.py).
+    # that instance alone may come twice (a PACS with C-FIND is asked: tests/outbox/test_outbox_in_doubt.py).
     Scenario("d_kill9_at_delivery", _kill_at_delivery, duplicates_only_in_doubt=True),
     Scenario("e_kill9_node_alone", _kill_node_alone, bounds={"worker_gone_s": WORKER_GONE_BOUND_S}),
 ]

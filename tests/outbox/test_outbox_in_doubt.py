@@ -19,7 +19,7 @@ from dicom_node.index.models import Instance, Outbox, OutboxState, utcnow
 from dicom_node.outbox.sender import OutboxSender
 from tests.conftest import free_port
 from tests.orthanc import Orthanc
-from tests.pipeline.test_outbox_parallel import StoreSCP, make_queued
+from tests.outbox.test_outbox_parallel import StoreSCP, make_queued
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from dicom_node.index.db import session_scope
 from dicom_node.index.models import Outbox, OutboxState, utcnow
 from dicom_node.outbox.sender import OutboxSender
 from tests.conftest import free_port
-from tests.pipeline.test_outbox_parallel import DEST, StoreSCP, make_queued
+from tests.outbox.test_outbox_parallel import DEST, StoreSCP, make_queued
 
 pytestmark = pytest.mark.integration
 
