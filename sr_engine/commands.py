@@ -41,7 +41,7 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 def _node_config(args: argparse.Namespace) -> Any:
     """The node YAML of `--config`, read by the function the CLI assembly hands every command
-    (`args.load_config`, dicom_node/cli.py): the engine reads configs without importing them."""
+    (`args.load_config`, srnode/cli.py): the engine reads configs without importing them."""
     reader = getattr(args, "load_config", None)
     if reader is None:
         raise ValueError("--config is read by the srnode command line (args.load_config is not set)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-PACKAGES = ("config", "dicom_node", "sr_engine", "workers", "training")
+PACKAGES = ("srnode", "config", "dicom_node", "sr_engine", "workers", "training")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:

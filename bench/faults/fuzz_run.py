@@ -69,7 +69,7 @@ class FuzzNode:
 
     def start(self, timeout_s: float = 120) -> None:
         with open(self.dir / "stdout.log", "ab") as out, open(self.dir / "stderr.log", "ab") as err:
-            command = [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(self.config)]
+            command = [sys.executable, "-m", "srnode", "serve", "--config", str(self.config)]
             self.proc = subprocess.Popen(command, cwd=self.dir, stdout=out, stderr=err, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

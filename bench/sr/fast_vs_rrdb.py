@@ -34,7 +34,7 @@ FAST_DIR = REPO / "models" / "ct-compact"
 
 def run_sr(model: str, config: Path, in_dir: Path, out_dir: Path, threads: int) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one `srnode sr` process."""
-    cmd = [sys.executable, "-m", "dicom_node.cli", "sr", "--model", model, "--config", str(config),
+    cmd = [sys.executable, "-m", "srnode", "sr", "--model", model, "--config", str(config),
            "--threads", str(threads), "--batch", "1", str(in_dir), str(out_dir)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -37,7 +37,7 @@ BUILTINS = ("bicubic", "lanczos")
 
 
 def _srnode(args: list[str], threads: int) -> None:
-    cmd = [sys.executable, "-m", "dicom_node.cli", *args, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "srnode", *args, "--threads", str(threads)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if done.returncode != 0:

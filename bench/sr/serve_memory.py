@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         files = build_series(work / "series", args.slices, size=args.size)
         log = (work / "node.log").open("w")
-        node = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
+        node = subprocess.Popen([sys.executable, "-m", "srnode", "serve", "--config", str(config)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.loader import load_config
 from dicom_node.admin import create_app
-from dicom_node.cli import main
 from dicom_node.index.live_config import LiveConfig, read_overrides
+from srnode.cli import main
 from tests.admin.conftest import ADMIN, READ, auth, base_config
 
 CT_LANCZOS = {"model": "lanczos"}

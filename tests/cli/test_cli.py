@@ -7,13 +7,13 @@ from pathlib import Path
 
 import yaml
 
-SRNODE = [sys.executable, "-m", "dicom_node.cli"]
+SRNODE = [sys.executable, "-m", "srnode"]
 
 
 def test_registering_commands_imports_no_torch() -> None:
     # `srnode serve`, `config check`, `--help` must start fast: torch loads only for commands that use it.
     code = (
-        "import sys, dicom_node.cli as c; c.build_parser(); "
+        "import sys, srnode.cli as c; c.build_parser(); "
         "heavy = sorted(m for m in ('torch', 'celery', 'fastapi', 'highdicom') if m in sys.modules); "
         "print(','.join(heavy)); sys.exit(1 if heavy else 0)"
     )

@@ -112,7 +112,7 @@ def test_models_the_engine_can_run_are_accepted(tmp_path: Path) -> None:
 
 def test_config_check_refuses_a_scale_the_model_cannot_do(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from dicom_node.cli import main
+    from srnode.cli import main
 
     path = tmp_path / "c.yaml"
     path.write_text("routing:\n  - {match: {modality: CT}, model: bicubic, scale: 2}\n")
@@ -147,7 +147,7 @@ def test_model_checks_import_no_torch_and_match_the_engine() -> None:
 # --- Issue 21 item 3: combinations that validate but cannot work are said out loud ---------------
 
 def _check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    from dicom_node.cli import main
+    from srnode.cli import main
 
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -201,7 +201,7 @@ def test_config_check_says_only_ok_for_the_embedded_default(tmp_path: Path,
 
 
 def test_config_overrides_on_a_database_never_migrated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dicom_node.cli import main
+    from srnode.cli import main
 
     path = tmp_path / "c.yaml"
     path.write_text(f"node: {{database_url: 'sqlite:///{tmp_path / 'new.db'}'}}\n")

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from dicom_node.cli import main
 from dicom_node.index.db import make_engine
+from srnode.cli import main
 from tests.admin.conftest import postgres_database
 
 
 def _run(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicom_node.cli", "db", "upgrade", "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "srnode", "db", "upgrade", "--config", str(config)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -48,7 +48,7 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
     with postgres_database() as url:
         config = tmp_path / "srnode.yaml"
         config.write_text(f"node:\n  database_url: {url}\n")
-        procs = [subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "db", "upgrade", "--config", str(config)],
+        procs = [subprocess.Popen([sys.executable, "-m", "srnode", "db", "upgrade", "--config", str(config)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
         results = []
         for proc in procs:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from config.loader import load_config
-from dicom_node.cli import build_parser
+from srnode.cli import build_parser
 
 COMPOSE_ENV = {"SRNODE_ADMIN_TOKEN": "test-token-0123456789abcdef", "POSTGRES_PASSWORD": "pw"}
 

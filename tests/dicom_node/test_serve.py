@@ -18,7 +18,7 @@ from dicom_node.index.models import Instance
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-SRNODE = [sys.executable, "-m", "dicom_node.cli"]  # the `srnode` console script's entry point
+SRNODE = [sys.executable, "-m", "srnode"]  # the `srnode` console script's entry point
 # The same subcommands without the other command modules (whose imports take ~15 s here).
 NODE_COMMANDS = [sys.executable, "-m", "dicom_node.commands"]
 

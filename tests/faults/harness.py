@@ -30,7 +30,7 @@ from dicom_node.storage import resolve_in
 from sr_engine.registry import builtin_digest
 from tests.conftest import REPO_ROOT, free_port
 
-SERVE = [sys.executable, "-m", "dicom_node.cli", "serve", "--config"]  # the `srnode` console script
+SERVE = [sys.executable, "-m", "srnode", "serve", "--config"]  # the `srnode` console script
 T = TypeVar("T")
 
 

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_demo(tmp_path: Path, repo_root: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "dicom_node.cli", "demo", "--out", str(tmp_path / "demo")],
+    proc = subprocess.run([sys.executable, "-m", "srnode", "demo", "--out", str(tmp_path / "demo")],
                           capture_output=True, text=True, timeout=240, cwd=repo_root)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]

@@ -54,7 +54,7 @@ def test_embedded_default(tmp_path: Path, orthanc: Orthanc, node_port: int, ct_s
 
 
 def start_worker(config_file: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "worker", "--config", str(config_file),
+    return subprocess.Popen([sys.executable, "-m", "srnode", "worker", "--config", str(config_file),
                              "--threads", "1"], stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -193,7 +193,7 @@ def test_cli_lists_and_exports_results(client: TestClient, stored_slices: list[s
                                        capsys) -> None:
     import yaml
 
-    from dicom_node.cli import main
+    from srnode.cli import main
     from tests.reader_study.conftest import node_config
 
     body = {"name": "cli", "slices": stored_slices[:2], "crop": 32, "models": ["bicubic", "lanczos"],

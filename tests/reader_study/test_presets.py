@@ -11,13 +11,13 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from config.loader import parse_config
-from dicom_node.cli import main
 from dicom_node.index.models import ReaderStudyCandidate, ReaderStudyCase
 from dicom_node.reader_study.definition import (
     StudyDefinition,
     configured_networks,
     preset_definition,
 )
+from srnode.cli import main
 from tests.reader_study.conftest import ADMIN, READERS, auth, fp, node_config
 
 

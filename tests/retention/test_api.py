@@ -109,7 +109,7 @@ def srnode_storage(archive: Archive, tmp_path: Path, *args: str) -> str:
     config = tmp_path / "srnode.yaml"
     config.write_text(yaml.safe_dump({"node": {"storage_dir": str(archive.storage), "database_url": archive.url},
                                       "retention": RETENTION}))
-    done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "storage", *args, "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "srnode", "storage", *args, "--config", str(config)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -19,7 +19,7 @@ from dicom_node.retention.recycler import finish_interrupted
 from tests.conftest import REPO_ROOT
 from tests.retention.conftest import Archive, orphan_files, rows_without_file
 
-PURGE = [sys.executable, "-m", "dicom_node.cli", "storage", "purge", "--config"]
+PURGE = [sys.executable, "-m", "srnode", "storage", "purge", "--config"]
 # A series marked for recycling whose instance rows are gone: its files are being unlinked now.
 IN_UNLINK_WINDOW = ("SELECT 1 FROM series s WHERE s.recycling_at IS NOT NULL AND NOT EXISTS "
                     "(SELECT 1 FROM instance i WHERE i.series_pk = s.id)")

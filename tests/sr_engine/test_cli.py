@@ -14,15 +14,15 @@ import pydicom
 import pytest
 import torch
 
-from dicom_node.cli import main
 from sr_engine.intensity import modality_values
+from srnode.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def srnode_process(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """Run the srnode CLI in a fresh interpreter (2 torch threads): exit code and stderr as a user sees them."""
-    code = "import sys, torch; torch.set_num_threads(2); from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys, torch; torch.set_num_threads(2); from srnode.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 

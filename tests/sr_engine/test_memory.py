@@ -14,12 +14,12 @@ from safetensors.torch import save_file
 
 from config.loader import parse_config
 from config.schema import WorkerConfig
-from dicom_node.cli import load_node_config
 from sr_engine import memory
 from sr_engine.archs import create_model, load_state_dict, state_dict_for_export
 from sr_engine.commands import _memory_budget
 from sr_engine.memory import MIB
 from sr_engine.upscale import MemoryPlan, Upscaler, balanced_tile, plan_memory, traced_activation_bytes
+from srnode.cli import load_node_config
 from tests.sr_engine.conftest import TINY
 from workers import model_cache
 

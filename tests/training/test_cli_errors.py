@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.cli import main as srnode
+from srnode.cli import main as srnode
 
 
 @pytest.mark.parametrize("argv, message", [

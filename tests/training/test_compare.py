@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dicom_node.cli import main as srnode
 from sr_engine.archs import create_model, state_dict_for_export
+from srnode.cli import main as srnode
 from tests.training.conftest import TINY_ARCH
 
 

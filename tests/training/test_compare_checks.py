@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicom_node.cli import main as srnode
 from sr_engine.archs import create_model, state_dict_for_export
+from srnode.cli import main as srnode
 from tests.training.conftest import TINY_ARCH
 from training.compare import BICUBIC, ModelPair, bar_figure
 from training.loop import RunConfig, train

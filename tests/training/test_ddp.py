@@ -16,7 +16,7 @@ from tests.conftest import free_port
 def test_torchrun_two_processes(ct_by_name: dict[str, Path], tmp_path: Path, repo_root: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), "-m", "dicom_node.cli", "train",
+           "--master_port", str(free_port()), "-m", "srnode", "train",
            "--preset", "realesrgan", "--data", str(ct_by_name["cptac"]), "--val-data", str(ct_by_name["ge"]),
            "--out", str(out), "--steps", "2", "--batch", "1", "--hr-patch", "32", "--val-every", "2",
            "--ckpt-every", "2", "--degradations", "off", "--threads", "1", "--no-progress",

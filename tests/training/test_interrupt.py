@@ -17,7 +17,7 @@ import torch
 
 def _train_cmd(ct: dict[str, Path], out: Path, cache: Path, *extra: str) -> list[str]:
     # Far more steps than the test waits for, checkpoints far apart: only the signal saves one.
-    return [sys.executable, "-m", "dicom_node.cli", "train", "--preset", "realesrgan",
+    return [sys.executable, "-m", "srnode", "train", "--preset", "realesrgan",
             "--data", str(ct["cptac"]), "--val-data", str(ct["ge"]), "--out", str(out),
             "--cache-dir", str(cache), "--steps", "100000", "--batch", "1", "--hr-patch", "32",
             "--log-every", "1", "--val-every", "100000", "--ckpt-every", "5000", "--degradations", "off",

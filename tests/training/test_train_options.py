@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicom_node.cli import main as srnode
 from sr_engine.archs import create_model, state_dict_for_export
+from srnode.cli import main as srnode
 from training.presets import get_preset
 
 _TINY = 'arch_overrides={"num_filters": 8, "num_blocks": 1}'

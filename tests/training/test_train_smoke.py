@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from config.loader import load_config
-from dicom_node.cli import main as srnode
 from sr_engine import registry
 from sr_engine.archs import file_sha256
 from sr_engine.intensity import mapping_for, modality_values
+from srnode.cli import main as srnode
 from training.export import add_model_from_card, export_run
 from training.loop import RunConfig, train
 from training.presets import Preset
