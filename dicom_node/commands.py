@@ -20,7 +20,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """Print OK, or the offending keys and why; exit code 1 on error. Settings that validate but
     may not work together (a broker without a worker, SQLite with remote workers...) are printed
     as `warning: key: why` lines before OK."""
-    cfg = load_config(args.file)  # a ConfigError is reported by the CLI (config.commands.run_command)
+    cfg = load_config(args.file)  # a ConfigError is reported by the CLI (config.command_runner.run_command)
     for key, why in deployment_warnings(cfg):
         print(f"warning: {key}: {why}")
     print("OK")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from config.commands import run_command
+    from config.command_runner import run_command
 
     return run_command(args)
 

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--config", required=True, help="srnode YAML to add the models: entry to")
     add.add_argument("--name", help="registry name (default: the card's)")
     # The card format belongs to the training package; only the command lives in this group. A lazy
-    # "module:function" string (config.commands.run_command imports it): training is above the
+    # "module:function" string (config.command_runner.run_command imports it): training is above the
     # engine, so a real import from here would be a cycle (engine <-> training).
     add.set_defaults(func="training.export:cmd_models_add")
 

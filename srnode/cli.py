@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.commands import run_command
+from config.command_runner import run_command
 from dicom_node import commands as node_commands
 from dicom_node import demo
 from dicom_node.admin import commands as admin_commands

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["worker", *(argv if argv is not None else sys.argv[1:])])
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from config.commands import run_command
+    from config.command_runner import run_command
 
     return run_command(args)
 
