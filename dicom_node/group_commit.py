@@ -3,6 +3,10 @@
 Each C-STORE still waits until its own row is committed before it is acknowledged; what is shared
 is the commit (the database's fsync), so N associations storing at once cost about one commit
 per batch instead of N. A single association sees batches of one (no added latency).
+
+The committer is the node's: NodeServer creates one for its session factory, hands it to the
+receive path in NodeContext.committer (C-STORE, and STOW-RS through the admin app) and closes it
+on stop. A caller of dicom_node.ingest without one gets `commit_alone`: a batch of one, at once.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
 MAX_BATCH = 64
+# One queued call: fn(session), the exceptions it may raise cleanly, the caller's future.
+_Item = tuple[Callable[[Session], Any], tuple[type[BaseException], ...], Future[Any]]
 
 
 class BatchFailed(Exception):
@@ -23,26 +29,39 @@ class BatchFailed(Exception):
 
 
 class GroupCommitter:
-    """One writer thread per session factory; `run(fn)` executes fn(session) in a shared commit."""
+    """One writer thread per session factory; `run(fn)` executes fn(session) in a shared commit.
 
-    def __init__(self, factory: sessionmaker[Session], clean_errors: tuple[type[BaseException], ...] = ()) -> None:
+    The thread starts with the first `run` (a node that never receives starts none) and again
+    after `close`."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
         self.factory = factory
-        # Exceptions an item may raise before writing anything: the batch goes on without it.
-        self.clean_errors = clean_errors
-        self._queue: queue.Queue[tuple[Callable[[Session], Any], Future[Any]]] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="srnode-group-commit", daemon=True)
-        self._thread.start()
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
-    def run(self, fn: Callable[[Session], T]) -> T:
-        """Execute fn(session) in the next shared transaction; return once that is committed."""
+    def run(self, fn: Callable[[Session], T], clean_errors: tuple[type[BaseException], ...] = ()) -> T:
+        """Execute fn(session) in the next shared transaction; return once that is committed.
+
+        `clean_errors`: exceptions fn may raise before writing anything; the batch goes on without
+        it, and this call raises it.
+        """
         future: Future[Any] = Future()
-        self._queue.put((fn, future))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="srnode-group-commit", daemon=True)
+                self._thread.start()
+            self._queue.put((fn, clean_errors, future))
         return future.result()
 
     def close(self) -> None:
         """Stop the writer thread once the queued work is done."""
-        self._queue.put((None, None))  # type: ignore[arg-type]
-        self._thread.join(30)
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put((None, (), None))  # type: ignore[arg-type]
+        thread.join(30)
 
     def _loop(self) -> None:
         while True:
@@ -61,46 +80,47 @@ class GroupCommitter:
                 batch.append(item)
             self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
+    def _run_batch(self, batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         session = self.factory()
         try:
-            for fn, _ in batch:
+            for fn, clean_errors, _ in batch:
                 try:
                     outcomes.append((True, fn(session)))
-                except self.clean_errors as exc:
+                except clean_errors as exc:
                     outcomes.append((False, exc))
             session.commit()
         except BaseException as exc:  # noqa: BLE001 - every waiter redoes its own work
             session.rollback()
-            for _, future in batch:
+            for _, _, future in batch:
                 future.set_exception(BatchFailed(f"{type(exc).__name__}: {exc}"))
             return
         finally:
             session.close()
-        for (ok, value), (_, future) in zip(outcomes, batch):
+        for (ok, value), (_, _, future) in zip(outcomes, batch):
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
 
 
-_committers: dict[int, GroupCommitter] = {}
-_lock = threading.Lock()
-
-
-def committer_for(factory: sessionmaker[Session], clean_errors: tuple[type[BaseException], ...] = ()) -> GroupCommitter:
-    """The process's committer for `factory` (created on first use)."""
-    with _lock:
-        committer = _committers.get(id(factory))
-        if committer is None or committer.factory is not factory:
-            committer = _committers[id(factory)] = GroupCommitter(factory, clean_errors)
-        return committer
-
-
-def close_committer(factory: sessionmaker[Session]) -> None:
-    """Stop and forget the committer of `factory` (NodeServer.stop)."""
-    with _lock:
-        committer = _committers.pop(id(factory), None)
-    if committer is not None and committer.factory is factory:
-        committer.close()
+def commit_alone(factory: sessionmaker[Session], fn: Callable[[Session], T],
+                 clean_errors: tuple[type[BaseException], ...] = ()) -> T:
+    """`GroupCommitter.run` without a committer: fn(session) in a transaction of its own, in this
+    thread, with run's outcomes for a batch of one (a clean error raised, any other BatchFailed)."""
+    session = factory()
+    try:
+        try:
+            result = fn(session)
+        except clean_errors:
+            session.rollback()
+            raise
+        session.commit()
+        return result
+    except clean_errors:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the caller redoes its work alone, as after a failed batch
+        session.rollback()
+        raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        session.close()

@@ -32,7 +32,7 @@ from dicom_node.server import NodeServer
 
 def handlers(ctx: NodeContext) -> list[EventHandlerType]:
     """The (event, handler[, deps]) entries the node's AE binds on its listener."""
-    qr_service = qr.QRService(ctx.cfg, ctx.session_factory, ctx.storage_dir)
+    qr_service = qr.QRService(ctx.cfg, ctx.session_factory, ctx.storage_dir, provider=ctx.on_demand)
     ctx.extras["qr"] = qr_service  # tests reach the running Q/R service through the context
     # Module attributes looked up here, on each call: a profiler may wrap them (bench/store/profile_store.py).
     return [
@@ -49,7 +49,8 @@ def handlers(ctx: NodeContext) -> list[EventHandlerType]:
 def scp_contexts() -> list[PresentationContext]:
     """The SCP presentation contexts, in order: the AE keeps the first context per SOP class, so
     Q/R's storage contexts (SCU role accepted, for C-GET) come before the plain storage ones."""
-    return [*echo.scp_contexts(), *qr.scp_contexts(), *store.scp_contexts()]
+    storage = store.scp_contexts()
+    return [*echo.scp_contexts(), *qr.scp_contexts(storage), *storage]
 
 
 def listener_node(cfg: SRNodeConfig) -> NodeServer:

@@ -33,7 +33,7 @@ from config.schema import SRNodeConfig
 from dicom_node.ae import build_ae, tls_context
 from dicom_node.assembly import Assembler, StableHook
 from dicom_node.dimse import pynetdicom_adapter
-from dicom_node.group_commit import close_committer
+from dicom_node.group_commit import GroupCommitter
 from dicom_node.handlers import NodeContext
 from dicom_node.index.db import make_engine, session_factory
 from dicom_node.index.live_config import LiveConfig
@@ -80,7 +80,10 @@ class NodeServer:
         # live view, so the next association, series or send uses them without a restart.
         self.live = LiveConfig(cfg, self.session_factory)
         self.cfg = cfg = self.live.view()
-        self.context = NodeContext(cfg=cfg, session_factory=self.session_factory, storage_dir=self.storage_dir)
+        # Index writes of parallel receives share commits (C-STORE here, STOW-RS through the admin app).
+        self.committer = GroupCommitter(self.session_factory)
+        self.context = NodeContext(cfg=cfg, session_factory=self.session_factory, storage_dir=self.storage_dir,
+                                   committer=self.committer)
         self._handlers = handlers
         self._scp_contexts = scp_contexts
         self.assembler = Assembler(
@@ -184,7 +187,7 @@ class NodeServer:
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("stopping %r failed", service)
         self._started.clear()
-        close_committer(self.session_factory)
+        self.committer.close()
         self.engine.dispose()
         self._stopped.set()
 

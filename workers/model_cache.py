@@ -10,6 +10,7 @@ from sr_engine.memory import default_budget_mb
 
 log = logging.getLogger(__name__)
 
+# Module-level on purpose: one cache per worker process, shared by its jobs (solo or threads pool).
 _CACHE: dict[tuple[str, str], registry.LoadedModel] = {}
 _LOCK = threading.Lock()
 # Jobs that may run at once in this process (`srnode worker --concurrency` overrides the config);

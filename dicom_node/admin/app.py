@@ -33,7 +33,9 @@ from dicom_node.admin.routers import (
 )
 from dicom_node.dicomweb.app import mount_dicomweb
 from dicom_node.dicomweb.context import TokenChecks
+from dicom_node.group_commit import GroupCommitter
 from dicom_node.index.live_config import LiveConfig
+from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandProvider
 
 log = logging.getLogger("srnode.admin")
 
@@ -66,8 +68,11 @@ def create_app(
     sessions: sessionmaker[Session],
     enqueue_job: EnqueueJob | None = None,
     web_dir: Path | None = WEB_DIR,
+    on_demand: OnDemandProvider = NO_ON_DEMAND,
+    committer: GroupCommitter | None = None,
 ) -> FastAPI:
-    """Build the admin app over the live config and the index; `enqueue_job(job_id)` re-queues retries."""
+    """Build the admin app over the live config and the index; `enqueue_job(job_id)` re-queues retries;
+    `on_demand` and `committer`: the node's (NodeContext.on_demand, .committer), for /dicomweb."""
     app = FastAPI(
         title="srnode admin API",
         version="1",
@@ -89,7 +94,8 @@ def create_app(
     app.include_router(ops.router)
     ops.install_snapshot_sources(app.state.ctx)
     # STOW/QIDO/WADO-RS at /dicomweb, before the console's "/"; `read` tokens search and retrieve.
-    mount_dicomweb(app, live, sessions, TokenChecks(read=require_read, store=require_store))
+    mount_dicomweb(app, live, sessions, TokenChecks(read=require_read, store=require_store), on_demand,
+                   committer)
     if web_dir is not None and web_dir.is_dir():
         icon = web_dir / "favicon.svg"
         # Pages without the <link rel="icon"> (and browsers that ask anyway) request /favicon.ico.

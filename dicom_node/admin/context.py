@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -27,6 +28,8 @@ class AdminContext:
     enqueue_job: EnqueueJob | None = None
     # OHIF is served at /ohif (dicom_node/admin/ohif.py): the series page links to it.
     ohif_served: bool = False
+    # Reader-study candidate computations running in this process, by study id (routers/reader_study.py).
+    candidate_threads: dict[int, threading.Thread] = field(default_factory=dict)
 
     def candidate(self, section: str, value: Any) -> SRNodeConfig:
         """The config that changing `section` to `value` would give (validated, nothing written)."""

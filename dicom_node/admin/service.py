@@ -82,4 +82,5 @@ def make_service(node: Any) -> AdminService | None:
         return None
     live = getattr(node, "live", None) or LiveConfig(cfg, node.session_factory)
     metrics.SNAPSHOT.active_associations = node.active_associations
-    return AdminService(create_app(live, node.session_factory), cfg.admin.host, cfg.admin.port)
+    app = create_app(live, node.session_factory, on_demand=node.context.on_demand, committer=node.context.committer)
+    return AdminService(app, cfg.admin.host, cfg.admin.port)

@@ -18,8 +18,9 @@ from dicom_node.dicomweb.context import (
     TokenChecks,
     one_log_line,
 )
+from dicom_node.group_commit import GroupCommitter
 from dicom_node.index.live_config import LiveConfig
-from dicom_node.qr.on_demand import OnDemandProvider
+from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandProvider
 
 PREFIX = "/dicomweb"
 
@@ -31,12 +32,13 @@ def _refused(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_dicomweb_app(live: LiveConfig, sessions: sessionmaker[Session], tokens: TokenChecks,
-                        provider: OnDemandProvider | None = None) -> FastAPI:
+                        provider: OnDemandProvider = NO_ON_DEMAND,
+                        committer: GroupCommitter | None = None) -> FastAPI:
     """STOW-RS, QIDO-RS and WADO-RS over the node's index and storage, behind `tokens`' checks."""
     app = FastAPI(title="srnode DICOMweb", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.live = live  # the admin app's token checks read admin.tokens from here
     app.state.token_checks = tokens
-    app.state.dicomweb = DicomwebContext(live, sessions, provider)
+    app.state.dicomweb = DicomwebContext(live, sessions, provider, committer)
     app.add_exception_handler(Refused, _refused)
     # Order matters: /studies/{study}/series (QIDO) before /studies/{study}/series/{series} (WADO).
     for module in (stow, qido, wado):
@@ -49,7 +51,9 @@ def create_dicomweb_app(live: LiveConfig, sessions: sessionmaker[Session], token
     return app
 
 
-def mount_dicomweb(app: FastAPI, live: LiveConfig, sessions: sessionmaker[Session], tokens: TokenChecks) -> None:
-    """Mount the DICOMweb service at /dicomweb of the admin app, unless dicomweb.enabled is false."""
+def mount_dicomweb(app: FastAPI, live: LiveConfig, sessions: sessionmaker[Session], tokens: TokenChecks,
+                   provider: OnDemandProvider = NO_ON_DEMAND, committer: GroupCommitter | None = None) -> None:
+    """Mount the DICOMweb service at /dicomweb of the admin app, unless dicomweb.enabled is false;
+    `provider` and `committer`: the node's (NodeContext.on_demand, NodeContext.committer)."""
     if live.base.dicomweb.enabled:
-        app.mount(PREFIX, create_dicomweb_app(live, sessions, tokens), name="dicomweb")
+        app.mount(PREFIX, create_dicomweb_app(live, sessions, tokens, provider, committer), name="dicomweb")

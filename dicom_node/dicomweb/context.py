@@ -16,11 +16,12 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
+from dicom_node.group_commit import GroupCommitter
 from dicom_node.handlers import NodeContext
 from dicom_node.index.live_config import LiveConfig
 from dicom_node.qr.attributes import Level, Model
 from dicom_node.qr.matching import QueryError
-from dicom_node.qr.on_demand import OnDemandProvider, on_demand_provider
+from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandProvider
 from dicom_node.qr.query import Query, parse_query
 
 log = logging.getLogger("srnode.dicomweb")
@@ -81,13 +82,16 @@ def bad_query(exc: QueryError) -> Refused:
 class DicomwebContext:
     live: LiveConfig
     sessions: sessionmaker[Session]
-    # None: whatever dicom_node.qr.on_demand.set_on_demand_provider installed (the pipeline's)
-    provider: OnDemandProvider | None = None
+    # The node's OnDemandSlot (NodeContext.on_demand, handed in by the admin service): asks what
+    # its pipeline installed, per request.
+    provider: OnDemandProvider = NO_ON_DEMAND
+    # The node's group committer (NodeContext.committer): STOW-RS commits with its C-STOREs.
+    committer: GroupCommitter | None = None
 
     def __post_init__(self) -> None:
         # STOW-RS stores through the C-STORE handler's policy, which reads a NodeContext.
         self.receive = NodeContext(cfg=self.live.view(), session_factory=self.sessions,
-                                   storage_dir=Path(self.live.base.node.storage_dir))
+                                   storage_dir=Path(self.live.base.node.storage_dir), committer=self.committer)
 
     @property
     def cfg(self) -> SRNodeConfig:
@@ -99,7 +103,7 @@ class DicomwebContext:
 
     @property
     def on_demand(self) -> OnDemandProvider:
-        return self.provider or on_demand_provider()
+        return self.provider
 
 
 def ctx_of(request: Request) -> DicomwebContext:

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.schema import SRNodeConfig
+from dicom_node.group_commit import GroupCommitter
+from dicom_node.qr.on_demand import OnDemandSlot
 
 
 @dataclass
@@ -24,4 +26,10 @@ class NodeContext:
     cfg: SRNodeConfig
     session_factory: sessionmaker[Session]
     storage_dir: Path
+    # The node's on-demand provider (NodeServer creates it, the pipeline service installs into it;
+    # Q/R and the DICOMweb app ask it): dicom_node.qr.on_demand.
+    on_demand: OnDemandSlot = field(default_factory=OnDemandSlot)
+    # The node's group committer for `session_factory` (NodeServer owns and closes it); None: each
+    # received instance commits alone (dicom_node.group_commit).
+    committer: GroupCommitter | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # for handler modules' own state

@@ -69,6 +69,7 @@ def store_received(ctx: NodeContext, load: Callable[[], bytes], sender_ae: str, 
         result = store_encoded(
             ctx.session_factory, ctx.storage_dir, load(), sender_ae,
             expected_sop_instance_uid=expected_sop_instance_uid, expected_sop_class_uid=expected_sop_class_uid,
+            committer=ctx.committer,
         )
     except RejectedInstance as exc:
         log.warning("refused instance %s from %s: %s", name(), who, exc)

@@ -20,6 +20,7 @@ from pydicom.valuerep import VR
 from dicom_node.ingest.errors import MalformedDataset, RejectedInstance
 from dicom_node.ingest.validate import validate_instance
 
+# Module-level on purpose: a per-thread "parsing now" flag for the process-wide log filter (shares nothing).
 _parsing = threading.local()
 
 

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.group_commit import BatchFailed, committer_for
+from dicom_node.group_commit import BatchFailed, GroupCommitter, commit_alone
 from dicom_node.index.models import Instance
 from dicom_node.ingest.errors import BadUID, DuplicateConflict
 from dicom_node.ingest.files import remove_new, write_instance
@@ -45,6 +45,7 @@ class StoreResult:
 
 # (database URL, study UID, series UID) -> Series primary key, for the receive hot path: an
 # instance of a series already seen costs one SELECT, one INSERT and one UPDATE (no ORM).
+# Module-level on purpose: a per-process cache of index facts, keyed by database and checked on use.
 _SERIES_PK_CACHE: OrderedDict[tuple[str, str, str], int] = OrderedDict()
 _SERIES_PK_CACHE_SIZE = 4096
 _cache_lock = threading.Lock()
@@ -117,6 +118,7 @@ def store_encoded(
     expected_sop_instance_uid: str | None = None,
     derived_from_job: int | None = None,
     expected_sop_class_uid: str | None = None,
+    committer: GroupCommitter | None = None,
 ) -> StoreResult:
     """Validate, write (atomic, fsynced) and index a Part 10 byte string; return what was done.
 
@@ -140,11 +142,15 @@ def store_encoded(
     try:
         cached = _cache_get(item.series_key) if derived_from_job is None else None
         if cached is not None:
-            # Hot path: an instance of a series already seen, committed together with
-            # whatever the other associations are storing right now.
-            committer = committer_for(factory, clean_errors=(DuplicateConflict, _StaleSeriesCache))
+            # Hot path: an instance of a series already seen, committed together with whatever the
+            # other associations are storing right now (with the node's committer; else alone).
+            clean = (DuplicateConflict, _StaleSeriesCache)
             try:
-                return with_uids(committer.run(lambda session: known_series(session, cached)))
+                if committer is not None:
+                    result = committer.run(lambda session: known_series(session, cached), clean)
+                else:
+                    result = commit_alone(factory, lambda session: known_series(session, cached), clean)
+                return with_uids(result)
             except _StaleSeriesCache:
                 _cache_drop(item.series_key)
             except BatchFailed:

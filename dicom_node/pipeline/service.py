@@ -19,7 +19,7 @@ from dicom_node.pipeline.dispatch import Dispatcher
 from dicom_node.pipeline.embedded_worker import EmbeddedWorker
 from dicom_node.pipeline.jobs import route_series
 from dicom_node.pipeline.on_demand import OnDemandJobs
-from dicom_node.qr.on_demand import on_demand_provider, set_on_demand_provider
+from dicom_node.qr.on_demand import OnDemandSlot
 
 if TYPE_CHECKING:
     from dicom_node.server import NodeServer
@@ -34,7 +34,8 @@ POOL_REPEAT_S = 300.0
 class PipelineService:
     """Routing hook + dispatcher + outbox sender (+ the embedded worker when there is no broker)."""
 
-    def __init__(self, cfg: SRNodeConfig, factory: sessionmaker[Session], storage_dir: Path) -> None:
+    def __init__(self, cfg: SRNodeConfig, factory: sessionmaker[Session], storage_dir: Path,
+                 on_demand_slot: OnDemandSlot | None = None) -> None:
         self.cfg = cfg
         self.factory = factory
         self.dispatcher = Dispatcher(cfg, factory)
@@ -53,7 +54,8 @@ class PipelineService:
         self._worker_models: tuple[str, ...] = ()
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
-        self.on_demand: OnDemandJobs | None = None  # installed for query/retrieve by make_service
+        self.on_demand: OnDemandJobs | None = None  # installed in `on_demand_slot` by make_service
+        self.on_demand_slot = on_demand_slot  # the node's (NodeContext.on_demand): Q/R and DICOMweb ask it
 
     def on_stable(self, series_pk: int) -> None:
         """The assembly hook: route the series, then wake the dispatcher."""
@@ -143,14 +145,14 @@ class PipelineService:
         self.sender.stop()
         if self.worker is not None:
             self.worker.stop()
-        if self.on_demand is not None and on_demand_provider() is self.on_demand:
-            set_on_demand_provider(None)
+        if self.on_demand is not None and self.on_demand_slot is not None:
+            self.on_demand_slot.remove(self.on_demand)
 
 
 def make_service(node: NodeServer) -> PipelineService:
     """Build the pipeline service for a node and register its stable-series hook."""
-    service = PipelineService(node.cfg, node.session_factory, node.storage_dir)
+    service = PipelineService(node.cfg, node.session_factory, node.storage_dir, node.context.on_demand)
     node.assembler.hooks.append(service.on_stable)
     service.on_demand = OnDemandJobs(node.cfg, node.session_factory, node.storage_dir, wake=service.dispatcher.wake)
-    set_on_demand_provider(service.on_demand)
+    node.context.on_demand.install(service.on_demand)
     return service

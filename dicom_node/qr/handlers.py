@@ -37,7 +37,7 @@ from dicom_node.dimse.fast_store import StoredFile
 from dicom_node.qr.attributes import model_of_sop_class
 from dicom_node.qr.find import FindOutcome, find
 from dicom_node.qr.matching import QueryError
-from dicom_node.qr.on_demand import OnDemandError, OnDemandProvider, on_demand_provider
+from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandError, OnDemandProvider
 from dicom_node.qr.query import parse_query
 from dicom_node.qr.retrieve import RetrievePlan, plan_retrieve, produced_file
 
@@ -129,12 +129,12 @@ class QRService:
     cfg: SRNodeConfig
     sessions: sessionmaker[Session]
     storage_dir: Path
-    # None: whatever dicom_node.qr.on_demand.set_on_demand_provider installed, looked up per request
-    provider: OnDemandProvider | None = None
+    # The node's OnDemandSlot (dicom_node.scp_wiring): asks what its pipeline installed, per request.
+    provider: OnDemandProvider = NO_ON_DEMAND
 
     @property
     def on_demand(self) -> OnDemandProvider:
-        return self.provider or on_demand_provider()
+        return self.provider
 
     # --- C-FIND -------------------------------------------------------------------------------
     def on_find(self, event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
@@ -266,18 +266,16 @@ class QRService:
 
 
 # --- SCP contexts (dicom_node.scp_wiring lists them with the handlers) ----------------------------
-def scp_contexts() -> list[PresentationContext]:
-    """FIND/MOVE/GET contexts, plus the storage contexts again with both roles allowed.
+def scp_contexts(storage: list[PresentationContext]) -> list[PresentationContext]:
+    """FIND/MOVE/GET contexts, plus the storage contexts `storage` again with both roles allowed.
 
     C-GET sends C-STORE on the requester's association, so the requester proposes SCP/SCU role
     selection for storage classes and the node must accept the SCP role for it; a storage context
-    without roles would refuse that. dicom_node.scp_wiring lists them before dicom_node.handlers.store's
-    (the AE keeps the first context per SOP class).
+    without roles would refuse that. dicom_node.scp_wiring passes dicom_node.handlers.store's (one
+    definition) and lists these before them (the AE keeps the first context per SOP class).
     """
-    from dicom_node.handlers import store  # the node's storage contexts, one definition
-
     contexts = [build_context(uid, [*UNCOMPRESSED, ExplicitVRBigEndian]) for uid in QR_SOP_CLASSES]
-    for cx in store.scp_contexts():
+    for cx in storage:
         both = build_context(cast(str, cx.abstract_syntax), list(cx.transfer_syntax))
         both.scu_role = True
         both.scp_role = True

@@ -5,9 +5,10 @@ SERIES-level C-FIND lists the derived series that *would* be produced, and a C-M
 starts the job (or joins the running one) and streams the instances as they are written.
 
 Query/retrieve only needs two questions answered, so the pipeline plugs in one object that
-implements `OnDemandProvider` and registers it with `set_on_demand_provider` (or passes it to
-`QRService`). Until then `NO_ON_DEMAND` answers "nothing virtual", and Q/R serves what the
-index holds. See docs/query_retrieve.md for the contract in prose.
+implements `OnDemandProvider`: it installs it in its node's `OnDemandSlot` (NodeContext.on_demand,
+created by NodeServer), which the node's QRService and DICOMweb app ask. Until then `NO_ON_DEMAND`
+answers "nothing virtual", and Q/R serves what the index holds. See docs/query_retrieve.md for the
+contract in prose.
 """
 from __future__ import annotations
 
@@ -77,15 +78,32 @@ class _NoOnDemand:
 
 
 NO_ON_DEMAND: OnDemandProvider = _NoOnDemand()
-_provider: OnDemandProvider = NO_ON_DEMAND
 
 
-def set_on_demand_provider(provider: OnDemandProvider | None) -> None:
-    """Install the pipeline's provider for every QRService created afterwards (None resets)."""
-    global _provider
-    _provider = provider or NO_ON_DEMAND
+class OnDemandSlot:
+    """One node's on-demand provider: NO_ON_DEMAND until its pipeline service installs its own.
 
+    NodeServer creates one per node (NodeContext.on_demand); the pipeline service installs its
+    provider on start-up and removes it on stop. The node's QRService and DICOMweb app are handed
+    the slot itself, an OnDemandProvider that asks whatever is installed at the time of each request.
+    """
 
-def on_demand_provider() -> OnDemandProvider:
-    """The provider installed with `set_on_demand_provider` (NO_ON_DEMAND by default)."""
-    return _provider
+    def __init__(self) -> None:
+        self.provider: OnDemandProvider = NO_ON_DEMAND
+
+    def install(self, provider: OnDemandProvider) -> None:
+        self.provider = provider
+
+    def remove(self, provider: OnDemandProvider) -> None:
+        """Back to NO_ON_DEMAND, if `provider` is still the one installed."""
+        if self.provider is provider:
+            self.provider = NO_ON_DEMAND
+
+    def virtual_series(self, session: Session, source_series_uids: Sequence[str]) -> list[VirtualSeries]:
+        return self.provider.virtual_series(session, source_series_uids)
+
+    def lookup(self, session: Session, series_uid: str) -> VirtualSeries | None:
+        return self.provider.lookup(session, series_uid)
+
+    def materialise(self, series_uid: str) -> Iterator[ProducedInstance]:
+        return self.provider.materialise(series_uid)

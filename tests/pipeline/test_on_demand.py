@@ -10,7 +10,8 @@ import pytest
 
 from config.loader import parse_config
 from dicom_node.index.models import Job, Series, SeriesState
-from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandError, on_demand_provider
+from dicom_node.pipeline.service import PipelineService
+from dicom_node.qr.on_demand import NO_ON_DEMAND, OnDemandError
 from dicom_node.wiring import build_node
 from tests.conftest import free_port
 from tests.pipeline.helpers import expected_derived_uid
@@ -44,7 +45,9 @@ def test_on_demand_series_is_listed_then_materialised(tmp_path: Path, ct_slices:
             time.sleep(0.2)
         with node.session_factory() as s:
             assert s.query(Job).count() == 0  # on demand: nothing at arrival
-            provider = on_demand_provider()
+            provider = node.context.on_demand  # what the node's Q/R and DICOMweb ask
+            (pipeline,) = [svc for svc in node.services if isinstance(svc, PipelineService)]
+            assert provider.provider is pipeline.on_demand  # installed by the pipeline service
             (virtual,) = provider.virtual_series(s, [source_uid])
             assert virtual.series_uid == expected_derived_uid(ct_slices[0])
             assert virtual.expected_instances == len(ct_slices)
@@ -58,4 +61,4 @@ def test_on_demand_series_is_listed_then_materialised(tmp_path: Path, ct_slices:
             list(provider.materialise("1.2.3.4"))
     finally:
         node.stop()
-    assert on_demand_provider() is NO_ON_DEMAND  # the stopped node's provider is gone
+    assert node.context.on_demand.provider is NO_ON_DEMAND  # the stopped node's provider is gone

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
 from dicom_node.admin.auth import Principal, _bearer, _principal, require_admin, require_read, token_names
-from dicom_node.admin.context import bad_key, ctx_of
+from dicom_node.admin.context import AdminContext, bad_key, ctx_of
 from dicom_node.admin.params import RowId
 from dicom_node.admin.render import window_png
 from dicom_node.reader_study import export, reading, results, service
@@ -77,24 +77,22 @@ def create(definition: StudyDefinition, request: Request, who: Principal = Depen
         study_id = service.create_study(ctx.sessions, cfg, definition, who.actor)
     except StudyError as exc:
         _fail(exc)
-    _start(ctx.sessions, cfg, study_id)
+    _start(ctx, cfg, study_id)
     return service.study_summary(ctx.sessions, study_id)[0]
 
 
-_running: dict[int, threading.Thread] = {}
-
-
-def _start(sessions: Any, cfg: Any, study_id: int) -> None:
+def _start(ctx: AdminContext, cfg: Any, study_id: int) -> None:
     # One computing thread per study in this process (a second would write the same candidates).
-    if (t := _running.get(study_id)) is not None and t.is_alive():
+    running = ctx.candidate_threads
+    if (t := running.get(study_id)) is not None and t.is_alive():
         raise HTTPException(409, f"study {study_id} is already computing its candidates")
     try:
-        service.mark_computing(sessions, study_id)
+        service.mark_computing(ctx.sessions, study_id)
     except StudyError as exc:
         _fail(exc)
-    t = threading.Thread(target=service.compute_candidates, args=(sessions, cfg, study_id),
+    t = threading.Thread(target=service.compute_candidates, args=(ctx.sessions, cfg, study_id),
                          name=f"reader-study-{study_id}", daemon=True)
-    _running[study_id] = t
+    running[study_id] = t
     t.start()
 
 
@@ -102,7 +100,7 @@ def _start(sessions: Any, cfg: Any, study_id: int) -> None:
 def restart(study_id: RowId, request: Request, _: Principal = Depends(require_admin)) -> dict[str, Any]:
     """Compute missing candidates again (after a failure, or a node restart while computing)."""
     ctx = ctx_of(request)
-    _start(ctx.sessions, ctx.live.current(), study_id)
+    _start(ctx, ctx.live.current(), study_id)
     return service.study_summary(ctx.sessions, study_id)[0]
 
 
