@@ -5,6 +5,7 @@ report per slice.  The HU variants are the ones `srnode evaluate` prints.
 """
 from __future__ import annotations
 
+import pytorch_msssim as _msssim
 import torch
 import torch.nn.functional as F
 
@@ -32,30 +33,29 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
     return 10 * torch.log10(data_range**2 / mse)
 
 
-def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_window(channels: int, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The 1-D Gaussian in float64, one per channel, as pytorch_msssim takes it ([C, 1, 1, size])."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
+    return (g / g.sum()).view(1, 1, 1, size).repeat(channels, 1, 1, 1)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
-    """Standard SSIM per image (Wang et al. 2004): Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03, valid."""
+    """Standard SSIM per image (Wang et al. 2004): Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03, valid.
+
+    Computed by pytorch_msssim in float64 (separable Gaussian, no padding; the mean over
+    channels of each channel's mean SSIM, which is the mean over all channels and pixels since
+    the channels have the same size), with the window built here in float64 rather than the
+    library's float32 default. Images smaller than the window are refused: the library would
+    skip the smoothing along that axis and return something that is not SSIM.
+    """
     a, b = _as_float64(a, b)
-    n, c = a.shape[:2]
-    g = _gaussian_1d().to(a.device)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    # The 2-D Gaussian is separable: two 1-D passes over the five moment images at once.
-    stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
-    k = stack.shape[1]
-    stack = F.conv2d(stack, g.view(1, 1, 11, 1).expand(k, 1, 11, 1), groups=k)
-    stack = F.conv2d(stack, g.view(1, 1, 1, 11).expand(k, 1, 1, 11), groups=k)
-    mu_a, mu_b, e_aa, e_bb, e_ab = stack.split(c, dim=1)
-    var_a = e_aa - mu_a**2
-    var_b = e_bb - mu_b**2
-    cov = e_ab - mu_a * mu_b
-    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return (num / den).reshape(n, -1).mean(1)
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels, not {tuple(a.shape[-2:])}")
+    win = _gaussian_window(a.shape[1]).to(a.device)
+    out: torch.Tensor = _msssim.ssim(a, b, data_range=data_range, size_average=False, win=win,
+                                     K=(0.01, 0.03))
+    return out
 
 
 def _clipped(x: torch.Tensor, lo_hi: tuple[float, float]) -> torch.Tensor:
