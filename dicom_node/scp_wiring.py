@@ -33,7 +33,7 @@ from dicom_node.server import NodeServer
 def handlers(ctx: NodeContext) -> list[EventHandlerType]:
     """The (event, handler[, deps]) entries the node's AE binds on its listener."""
     qr_service = qr.QRService(ctx.cfg, ctx.session_factory, ctx.storage_dir, provider=ctx.on_demand)
-    ctx.extras["qr"] = qr_service  # tests reach the running Q/R service through the context
+    ctx.qr = qr_service  # the running Q/R service, reachable through the node's context
     # Module attributes looked up here, on each call: a profiler may wrap them (bench/store/profile_store.py).
     return [
         (evt.EVT_REQUESTED, association.handle_requested, [ctx]),  # calling-AE, free-disk and quota checks

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.schema import SRNodeConfig
 from dicom_node.group_commit import GroupCommitter
 from dicom_node.qr.on_demand import OnDemandSlot
+from dicom_node.retention.usage import QuotaCheck
 
 
 @dataclass
@@ -32,4 +33,12 @@ class NodeContext:
     # The node's group committer for `session_factory` (NodeServer owns and closes it); None: each
     # received instance commits alone (dicom_node.group_commit).
     committer: GroupCommitter | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # for handler modules' own state
+    # The running Q/R service (dicom_node.qr.handlers.QRService), set by dicom_node.scp_wiring;
+    # typed loosely because Q/R sits beside the handlers, not below them.
+    qr: Any = None
+    # The storage quota check (retention.quota_mb), cached per node process and shared by the
+    # association, C-STORE and STOW-RS checks.
+    quota: QuotaCheck = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.quota = QuotaCheck(self.session_factory, lambda: self.cfg.retention)

@@ -9,7 +9,6 @@ from pynetdicom import evt
 
 from dicom_node.handlers import NodeContext
 from dicom_node.metrics import ASSOCIATIONS
-from dicom_node.retention.usage import QuotaCheck
 
 log = logging.getLogger("dicom_node.association")
 
@@ -22,10 +21,7 @@ def free_disk_mb(ctx: NodeContext) -> float:
 
 def quota_refusal(ctx: NodeContext) -> str:
     """"" or why storage is full by retention.quota_mb (above it with nothing left to recycle)."""
-    check = ctx.extras.get("retention.quota")
-    if check is None:  # one cached check per node process, shared by the association and store handlers
-        check = ctx.extras.setdefault("retention.quota", QuotaCheck(ctx.session_factory, lambda: ctx.cfg.retention))
-    return check.refusal()
+    return ctx.quota.refusal()
 
 
 def _reject(event: evt.Event, result: int, source: int, diagnostic: int) -> None:

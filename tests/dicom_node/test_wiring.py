@@ -35,7 +35,7 @@ def test_node_ae_has_every_handler_and_context(tmp_path: Path, sqlite_url: str,
     assert _bound(node, evt.EVT_REQUESTED) == [association.handle_requested]
     assert _bound(node, evt.EVT_C_ECHO) == [echo.handle_echo]
     assert _bound(node, evt.EVT_C_STORE) == [store.handle_store]
-    qr = node.context.extras["qr"]
+    qr = node.context.qr
     assert qr.provider is node.context.on_demand  # Q/R asks the node's on-demand slot
     assert node.context.committer is node.committer  # C-STOREs share the node's group commits
     for event, method in ((evt.EVT_C_FIND, qr.on_find), (evt.EVT_C_MOVE, qr.on_move), (evt.EVT_C_GET, qr.on_get)):

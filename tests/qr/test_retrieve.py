@@ -179,7 +179,7 @@ class ProducingProvider:
 
 
 def test_on_demand_series_found_then_retrieved_as_produced(node: RunningNode, destination: Destination) -> None:
-    service = node.server.context.extras["qr"]
+    service = node.server.context.qr
     source_dir = node.server.storage_dir / node.studies[LUNG] / node.series[LUNG]
     provider = ProducingProvider(node, node.series[LUNG], source_dir)
     old, service.provider = service.provider, provider
