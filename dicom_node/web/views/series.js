@@ -29,8 +29,8 @@ export default async function series(main, args, session) {
         "likely incomplete": s.likely_incomplete ? `yes: ${s.incomplete_reason}` : "no",
         "derived from job": s.derived_from_job ?? "—", protected: s.protected ? "yes" : "no",
         recycled: s.recycled_at ? fmtTime(s.recycled_at) : "no" }).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))])),
-      canToggle && h("button", { testid: "series-protect", onclick: () => setProtected(s.series_uid, !s.protected) },
-        s.protected ? "Unprotect" : "Protect from recycling"),
+      canToggle ? h("button", { testid: "series-protect", onclick: () => setProtected(s.series_uid, !s.protected) },
+        s.protected ? "Unprotect" : "Protect from recycling") : "", // replaceChildren would print `false`
       h("h4", {}, "Jobs"),
       s.jobs.length ? h("ul", {}, s.jobs.map((j) => h("li", {}, `job ${j.id}: ${j.model} x${j.scale} ${j.state} `,
         ["done", "done_with_errors"].includes(j.state) && h("a", { href: `#/viewer/${j.id}` }, "Compare"), " ",
