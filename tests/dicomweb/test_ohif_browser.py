@@ -63,7 +63,7 @@ def test_console_opens_original_and_upscaled_side_by_side_in_ohif(site: Site, st
         link = page.get_by_test_id(f"ohif-{job.id}")
         expect(link).to_be_visible()
         # A read token sees no protect button, and no stray "false" where it would be.
-        expect(page.locator("section.card")).not_to_contain_text("false")
+        expect(page.get_by_test_id("series-detail")).not_to_contain_text("false")
         page.screenshot(path=str(shots / "01-console-series.png"), full_page=True)
 
         statuses: list[tuple[int, str]] = []

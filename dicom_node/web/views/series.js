@@ -9,7 +9,7 @@ export default async function series(main, args, session) {
     .map(([v, t]) => h("option", { value: v }, t)));
   const recycled = h("input", { type: "checkbox", testid: "series-recycled" });
   const holder = h("div");
-  const detail = h("section", { class: "card", hidden: true });
+  const detail = h("section", { class: "card", hidden: true, testid: "series-detail" });
 
   async function setProtected(uid, on) {
     try {
