@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,11 @@ def test_destination_down_is_failing_then_ok_once_back_and_drained(
     lines = [r for r in caplog.records if "cannot associate" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING, [r.getMessage() for r in lines]
 
+    # A backoff grown long (as after a longer outage): no row comes due by itself while the peer
+    # comes back, so what "retry now" makes due is exactly the backlog (no race with the sender).
+    _postpone_all(factory, hours=1)
     scp.start()
-    # The backoff has grown; "retry now" makes every row due at once (audited).
+    # "Retry now" makes every row due at once (audited).
     r = client.post("/api/peers/pacs/retry", headers=auth(ADMIN))
     assert r.status_code == 200 and r.json()["pending_made_due"] == 6, r.text
     assert client.post("/api/peers/pacs/retry", headers=auth(READ)).status_code == 403
@@ -88,6 +92,21 @@ def test_destination_down_is_failing_then_ok_once_back_and_drained(
     assert len(recovered) == 1 and recovered[0].levelno == logging.INFO
     audit = client.get("/api/audit?action=peer.retry", headers=auth(READ)).json()
     assert audit[0]["change"] == {"before": None, "after": {"pending_made_due": 6}, "how": "retry-now"}
+
+
+def _postpone_all(factory: sessionmaker[Session], hours: float) -> None:
+    """Set every row's next attempt `hours` ahead, again if an attempt already on its way moved one back."""
+    def postponed() -> bool:
+        with factory() as s, s.begin():
+            s.execute(update(Outbox).values(next_attempt_at=utcnow() + timedelta(hours=hours)))
+        time.sleep(0.5)  # an attempt that was under way when we wrote would have written its own backoff
+        soon = utcnow() + timedelta(hours=hours / 2)
+        return all(r.next_attempt_at is not None and _aware(r.next_attempt_at) > soon for r in _rows(factory))
+    wait_until(postponed, 30, "every row postponed")
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite returns naive UTC
 
 
 def _rows(factory: sessionmaker[Session]) -> list[Outbox]:
