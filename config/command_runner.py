@@ -24,3 +24,11 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+
+
+def run_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; without one, print the help and return 2."""
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return run_command(args)

@@ -134,12 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    from config.command_runner import run_command
+    from config.command_runner import run_parsed
 
-    return run_command(args)
+    return run_parsed(parser, args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.command_runner import run_command
+from config.command_runner import run_parsed
 from dicom_node import commands as node_commands
 from dicom_node import demo
 from dicom_node.admin import commands as admin_commands
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         # Libraries' INFO chatter (Alembic's plugin set-up, pynetdicom's PDU traces) hides srnode's own lines.
         for name in ("alembic", "pynetdicom"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return run_command(args)
+    return run_parsed(parser, args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dicom_node.dimse.pynetdicom_adapter import TESTED_VERSIONS, UntestedPynetdi
 from dicom_node.wiring import build_node
 from tests.conftest import REPO_ROOT
 from tests.dicom_node.conftest import node_config
+from tests.library_internals import uses_outside
 from tests.qr.synthetic import make_instance
 
 # pynetdicom internals srnode uses (and methods it replaces on live objects): each may appear only
@@ -57,15 +58,7 @@ def test_the_node_refuses_to_start_on_an_untested_pynetdicom(tmp_path: Path,
 
 
 def test_pynetdicom_private_names_appear_only_in_the_adapter() -> None:
-    found = []
-    for package in ("config", "dicom_node", "sr_engine", "workers", "training", "bench"):
-        for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            if path == ADAPTER:
-                continue
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if PRIVATE.search(line):
-                    found.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
-    assert found == []
+    assert uses_outside(PRIVATE, ADAPTER) == []
     assert PRIVATE.search(ADAPTER.read_text(encoding="utf-8"))  # the pattern still matches what it guards
 
 

@@ -3,15 +3,15 @@ private names it alone uses, and its strict queue order on a real SQLite broker.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import kombu
 import pytest
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Connection, Exchange, Producer, Queue
 from kombu.transport.sqlalchemy import Channel as SQLChannel
 
 from tests.conftest import REPO_ROOT
+from tests.library_internals import consume, uses_outside
 from workers import embedded_transport
 from workers.app import EMBEDDED_TRANSPORT
 from workers.embedded_transport import TESTED_VERSIONS, UntestedKombu, check_version
@@ -41,15 +41,7 @@ def test_the_transport_refuses_to_start_on_an_untested_kombu(tmp_path: Path, mon
 
 
 def test_kombu_private_names_appear_only_in_the_adapter() -> None:
-    found = []
-    for package in ("config", "dicom_node", "sr_engine", "workers", "training", "bench"):
-        for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            if path == ADAPTER:
-                continue
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if PRIVATE.search(line):
-                    found.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
-    assert found == []
+    assert uses_outside(PRIVATE, ADAPTER) == []
 
 
 def test_the_names_it_overrides_exist_in_kombu() -> None:
@@ -60,7 +52,6 @@ def test_the_names_it_overrides_exist_in_kombu() -> None:
 def test_a_consumer_takes_stat_before_routine(tmp_path: Path) -> None:
     exchange = Exchange("srnode-test", type="direct")
     queues = [Queue(f"m.{name}", exchange, routing_key=name) for name in ("routine", "stat")]  # routine first
-    got: list[str] = []
     with Connection(f"sqlite:///{tmp_path / 'broker.db'}", transport=EMBEDDED_TRANSPORT) as conn:
         channel = conn.default_channel
         assert isinstance(channel, embedded_transport.Channel)
@@ -70,15 +61,5 @@ def test_a_consumer_takes_stat_before_routine(tmp_path: Path) -> None:
         for body, key in (("r1", "routine"), ("r2", "routine"), ("s1", "stat"), ("s2", "stat")):
             producer.publish(body, routing_key=key, serializer="json")
 
-        def on_message(body: str, message: kombu.Message) -> None:
-            got.append(body)
-            message.ack()
-
-        with Consumer(channel, queues=queues, callbacks=[on_message], accept=["json"], prefetch_count=1):
-            deadline = time.monotonic() + 10
-            while len(got) < 4 and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=1)
-                except TimeoutError:
-                    pass
+        got = consume(conn, channel, queues, 4, lambda body, message: body)
     assert got == ["s1", "s2", "r1", "r2"]  # round robin would give r1, s1, r2, s2 or similar

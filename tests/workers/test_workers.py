@@ -18,6 +18,7 @@ from dicom_node.index.migrate import upgrade
 from dicom_node.index.models import Job, JobState, Patient, Series, Study
 from dicom_node.outbox.queue import backoff_s
 from dicom_node.pipeline import Dispatcher
+from tests.library_internals import consume
 from tests.pipeline.test_jobs import stored  # noqa: F401 - fixture
 from workers import model_cache
 from workers.app import make_celery
@@ -159,20 +160,8 @@ def _order_taken(app, conn, queues) -> list[int]:  # type: ignore[no-untyped-def
         app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "routine"))
     for job_id in (98, 99):
         app.send_task("srnode.process_job", args=[job_id], queue=queue_name("bicubic", "stat"))
-    got: list[int] = []
-
-    def on_message(body, message):  # type: ignore[no-untyped-def]
-        got.append(message.payload[0][0] if isinstance(message.payload, list) else body[0][0])
-        message.ack()
-
-    with Consumer(conn, queues=queues, callbacks=[on_message], accept=["json"], prefetch_count=1):
-        deadline = time.monotonic() + 10
-        while len(got) < 4 and time.monotonic() < deadline:
-            try:
-                conn.drain_events(timeout=1)
-            except TimeoutError:
-                pass
-    return got
+    return consume(conn, conn, queues, 4,
+                   lambda body, message: message.payload[0][0] if isinstance(message.payload, list) else body[0][0])
 
 
 def test_embedded_transport_takes_stat_before_routine(cfg) -> None:  # type: ignore[no-untyped-def]
