@@ -18,6 +18,8 @@ from typing import Any, cast
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.dimse import pynetdicom_adapter
+
 log = logging.getLogger(__name__)
 
 # A listener child's entry point: (configuration as JSON data, port, event to set once listening).
@@ -44,7 +46,7 @@ def start_listener(ae: AE, address: tuple[str, int], ssl_context: Any, handlers:
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True)
     thread.start()
-    ae._servers.append(server)  # so server.shutdown() can deregister it, as with start_server
+    pynetdicom_adapter.register_server(ae, server)  # as start_server does: AE.shutdown() stops it
     return server
 
 

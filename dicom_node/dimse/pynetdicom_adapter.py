@@ -4,7 +4,8 @@ srnode streams C-STORE sub-operations and outbox deliveries past pynetdicom's st
 (dicom_node.dimse.fast_store) and throttles the Pending responses of its C-MOVE/C-GET SCP
 (dicom_node.qr.handlers). Both need pynetdicom's private attributes (the reactor's checkpoint,
 the DUL's transport poll, loop delay and idle timer, the DIMSE provider's `send_msg`, the
-association's response checks) and methods replaced on live objects. Those names appear here
+association's response checks) and methods replaced on live objects; the SO_REUSEPORT listener
+(dicom_node.listener) registers its server in the AE's private list of servers. Those names appear here
 and nowhere else; the rest of srnode uses pynetdicom's public API.
 
 The names were read in pynetdicom 3.0.4 (`TESTED_VERSIONS`, pinned exactly in setup.cfg).
@@ -49,6 +50,13 @@ def check_version(found: str | None = None) -> None:
 
 
 # --- the association's connection ------------------------------------------------------------------
+def register_server(ae: Any, server: Any) -> None:
+    """Add a server started outside `AE.start_server` (`AE.make_server` + our own thread) to the AE's
+    servers, as start_server does, so that `AE.shutdown()` stops it and `server.shutdown()`
+    deregisters it."""
+    ae._servers.append(server)
+
+
 def raw_socket(assoc: Association) -> socket.socket:
     """The association's TCP (or TLS) socket, for writing PDUs without pynetdicom's DUL thread."""
     return cast(socket.socket, cast(Any, assoc.dul.socket).socket)

@@ -27,7 +27,7 @@ from tests.qr.synthetic import make_instance
 # pynetdicom internals srnode uses (and methods it replaces on live objects): each may appear only
 # in the adapter. Add a name here when the adapter starts using one.
 PRIVATE = re.compile(r"\b(_reactor_checkpoint|_is_paused|_is_transport_event|_run_loop_delay|_idle_timer|"
-                     r"_handle_no_response|_check_received_status|to_provider_queue)\b"
+                     r"_handle_no_response|_check_received_status|to_provider_queue|_servers)\b"
                      r"|\.(send_msg|send_c_store|release|abort)\s*=[^=]")
 ADAPTER = REPO_ROOT / "dicom_node" / "dimse" / "pynetdicom_adapter.py"
 
@@ -159,3 +159,21 @@ def test_dropped_messages_are_not_sent_and_send_msg_is_restored(scp: tuple[int, 
     finally:
         assoc.release()
     assert assoc.is_released
+
+
+def test_a_server_started_outside_start_server_is_stopped_by_the_ae() -> None:
+    # The SO_REUSEPORT listener starts its server itself (dicom_node.listener); registered through
+    # the adapter, AE.shutdown() stops it as it stops the servers of AE.start_server.
+    import threading
+
+    from tests.conftest import free_port
+
+    ae = AE()
+    ae.add_supported_context(Verification)
+    server = ae.make_server(("127.0.0.1", free_port()), evt_handlers=[])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    pynetdicom_adapter.register_server(ae, server)
+    ae.shutdown()
+    thread.join(5)
+    assert not thread.is_alive()
